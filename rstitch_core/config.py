@@ -1,0 +1,94 @@
+"""Frozen, validated request configs: how to sample and how to route between the SLM and the LLM."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+
+MAX_DRAFT_TOKENS = 64
+
+
+class Policy(str, Enum):
+    """Which model writes each token."""
+
+    RSTITCH = "rstitch"  # entropy-gated switching in both directions (Algorithm 1)
+    LLM = "llm"  # the large model only
+    SLM = "slm"  # the small model only
+    SPECULATIVE = "speculative"  # SLM drafts, LLM verifies; output distribution is the LLM's
+
+    @classmethod
+    def parse(cls, value: str | Policy) -> Policy:
+        """Accept a Policy or its string name; raise ValueError naming the accepted values."""
+        if isinstance(value, Policy):
+            return value
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            accepted = ", ".join(p.value for p in cls)
+            raise ValueError(f"unknown policy {value!r}; accepted: {accepted}") from None
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How tokens are picked and when generation stops.
+
+    temperature 0 means greedy. top_k 0 and top_p 1.0 disable those filters. A seed makes sampled
+    runs reproducible; without one each run draws a fresh seed. Stop strings end generation and are
+    not part of the emitted text.
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        _require(_is_int(self.max_new_tokens) and self.max_new_tokens >= 1,
+                 f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        _require(isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
+                 and self.temperature >= 0,
+                 f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}")
+        _require(isinstance(self.top_p, (int, float)) and math.isfinite(self.top_p)
+                 and 0 < self.top_p <= 1,
+                 f"top_p must be in (0, 1], got {self.top_p!r}")
+        _require(_is_int(self.top_k) and self.top_k >= 0,
+                 f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        _require(self.seed is None or (_is_int(self.seed) and 0 <= self.seed < 2**63),
+                 f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        for s in stop:
+            _require(isinstance(s, str) and s != "", f"stop strings must be non-empty strings, got {s!r}")
+        object.__setattr__(self, "stop", stop)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class RoutingParams:
+    """Which policy routes tokens, its entropy threshold tau and the speculative draft length."""
+
+    policy: Policy = Policy.RSTITCH
+    threshold: float = 0.02
+    draft_tokens: int = 4
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policy", Policy.parse(self.policy))
+        _require(isinstance(self.threshold, (int, float)) and not isinstance(self.threshold, bool)
+                 and math.isfinite(self.threshold) and 0 <= self.threshold <= 1,
+                 f"threshold (tau) must be a number in [0, 1], got {self.threshold!r}")
+        _require(_is_int(self.draft_tokens) and 1 <= self.draft_tokens <= MAX_DRAFT_TOKENS,
+                 f"draft_tokens must be an integer in [1, {MAX_DRAFT_TOKENS}], got {self.draft_tokens!r}")

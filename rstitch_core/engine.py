@@ -1,0 +1,119 @@
+"""The engine: a validated SLM/LLM pair and one generate() entry point for every policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+from rstitch_core.config import Policy, RoutingParams, SamplingParams
+from rstitch_core.events import (Event, FinishEvent, FinishReason, GenerationStats, Source,
+                                 SwitchEvent, TokenEvent)
+from rstitch_core.models.loading import check_pair, load_model
+from rstitch_core.models.runner import ModelRunner
+from rstitch_core.policies.router import SwitchRouter
+from rstitch_core.policies.speculative import speculate
+from rstitch_core.policies.stitch import stitch
+from rstitch_core.prompts import encode_prompt
+from rstitch_core.sampling import Sampler
+from rstitch_core.sequence import ModelState, Sequence as Seq
+
+
+class Engine:
+    """Holds the SLM and the LLM (same tokenizer, checked) and decodes requests one at a time."""
+
+    def __init__(self, slm: ModelRunner, llm: ModelRunner):
+        check_pair(slm, llm)
+        self.slm, self.llm = slm, llm
+        self.tokenizer = llm.tokenizer
+        self.max_context = min(slm.max_context, llm.max_context)
+
+    @classmethod
+    def load(cls, slm: str, llm: str, dtype: str = "float32", device: str = "cpu",
+             llm_device: str | None = None) -> Engine:
+        """Load both models (the LLM on `llm_device` if given, else `device`) and check the pair."""
+        return cls(load_model(slm, dtype, device, name="slm"),
+                   load_model(llm, dtype, llm_device or device, name="llm"))
+
+    def encode(self, prompt: str | None = None, messages: Sequence[dict] | None = None) -> list[int]:
+        """Prompt text or chat messages -> token ids; rejects prompts that fill the context window."""
+        ids = encode_prompt(self.tokenizer, prompt, messages)
+        self.check_prompt_ids(ids)
+        return ids
+
+    def check_prompt_ids(self, ids: Sequence[int]) -> None:
+        if not ids:
+            raise ValueError("the prompt is empty")
+        if len(ids) >= self.max_context:
+            raise ValueError(f"the prompt has {len(ids)} tokens but the context window holds "
+                             f"{self.max_context} (prompt plus at least one generated token must fit)")
+        vocab = min(self.slm.vocab_size, self.llm.vocab_size)
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ValueError(f"prompt token id {bad} is outside the vocabulary [0, {vocab})")
+
+    def generate(self, prompt: str | None = None, messages: Sequence[dict] | None = None, *,
+                 prompt_ids: Sequence[int] | None = None,
+                 sampling: SamplingParams = SamplingParams(),
+                 routing: RoutingParams = RoutingParams(),
+                 router: SwitchRouter | None = None) -> Iterator[Event]:
+        """Validate the request now (ValueError), then return an iterator of events: TokenEvent per
+        emitted token, SwitchEvent per switch, and a FinishEvent last.
+
+        Give exactly one of `prompt`, `messages` or `prompt_ids`. Caches are allocated lazily on a
+        model's first turn and released when the iterator finishes or is closed.
+        """
+        if prompt_ids is not None:
+            if prompt is not None or messages is not None:
+                raise ValueError("give exactly one of a prompt, chat messages or prompt token ids")
+            ids = [int(t) for t in prompt_ids]
+            self.check_prompt_ids(ids)
+        else:
+            ids = self.encode(prompt, messages)
+        if router is not None and routing.policy is not Policy.RSTITCH:
+            raise ValueError(f"a router only applies to the rstitch policy, not {routing.policy.value!r}")
+        return self._run(ids, sampling, routing, router)
+
+    def _run(self, ids: list[int], sampling: SamplingParams, routing: RoutingParams,
+             router: SwitchRouter | None) -> Iterator[Event]:
+        seq = Seq.create(ids, sampling, self.tokenizer, self.llm.eos_token_ids, self.max_context)
+        slm = ModelState("slm", self.slm, seq.stats.slm)
+        llm = ModelState("llm", self.llm, seq.stats.llm)
+        sampler = Sampler(sampling, self.llm.device)
+        if routing.policy is Policy.SPECULATIVE:
+            yield from speculate(seq, slm, llm, routing, sampler)
+        else:
+            yield from stitch(seq, slm, llm, routing, sampler, router)
+
+
+@dataclass
+class Generation:
+    """A finished generation gathered from its events (CLI --json, tests, evaluation)."""
+
+    text: str
+    token_ids: list[int]
+    sources: list[Source]
+    entropies: list[float]
+    finish_reason: FinishReason
+    stats: GenerationStats
+    switches: list[SwitchEvent] = field(default_factory=list)
+
+    @classmethod
+    def collect(cls, events: Iterator[Event]) -> Generation:
+        tokens: list[TokenEvent] = []
+        switches: list[SwitchEvent] = []
+        for event in events:
+            if isinstance(event, TokenEvent):
+                tokens.append(event)
+            elif isinstance(event, SwitchEvent):
+                switches.append(event)
+            elif isinstance(event, FinishEvent):
+                return cls(event.text, [t.token_id for t in tokens], [t.source for t in tokens],
+                           [t.entropy for t in tokens], event.reason, event.stats, switches)
+        raise RuntimeError("generation ended without a finish event")
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "token_ids": self.token_ids, "sources": self.sources,
+                "entropies": self.entropies, "finish_reason": self.finish_reason.value,
+                "stats": self.stats.to_dict(),
+                "switches": [{"direction": s.direction, "position": s.position,
+                              "prefill_tokens": s.prefill_tokens} for s in self.switches]}

@@ -1,0 +1,103 @@
+"""Load a model and its tokenizer from a local folder, a GGUF file, or a cached Hugging Face id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rstitch_core.models.runner import ModelRunner
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """'float32' | 'bfloat16' | 'float16' (or a torch dtype) -> torch dtype."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"unknown dtype {dtype!r}; accepted: {', '.join(DTYPES)}")
+
+
+def parse_device(device: str | torch.device) -> torch.device:
+    """'cpu', 'cuda' or 'cuda:N'; CUDA must be present and N in range."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; accepted: cpu, cuda, cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}; accepted: cpu, cuda, cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
+def _looks_like_path(source: str) -> bool:
+    # A Hugging Face id is "name" or "org/name"; anything else shaped like a path is a path.
+    return source.startswith(("/", ".", "~")) or source.endswith(".gguf") or source.count("/") > 1
+
+
+def load_model(source: str, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
+               name: str = "model") -> ModelRunner:
+    """Load a causal LM and the tokenizer from the same source.
+
+    source: a `save_pretrained` folder, a `.gguf` file (dequantized to `dtype` by transformers' GGUF
+    loader), or a Hugging Face id already in the local cache (never downloaded).
+    Raises ValueError when the source does not exist or cannot be read as a model.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype, dev = parse_dtype(dtype), parse_device(device)
+    if not isinstance(source, str) or not source.strip():
+        raise ValueError(f"{name}: model source must be a non-empty path or Hugging Face id, got {source!r}")
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        folder, kwargs = str(path.parent), {"gguf_file": path.name}
+    elif path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{name}: folder {str(path)!r} has no config.json (expected a save_pretrained folder)")
+        folder, kwargs = str(path), {}
+    elif path.exists():
+        raise ValueError(f"{name}: {str(path)!r} is neither a folder nor a .gguf file")
+    elif _looks_like_path(source):
+        raise ValueError(f"{name}: model path {source!r} does not exist")
+    else:
+        folder, kwargs = source, {"local_files_only": True}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **kwargs)
+    except OSError as err:
+        if "local_files_only" in kwargs:
+            raise ValueError(f"{name}: {source!r} is not a local folder, a .gguf file, or a Hugging Face "
+                             f"id in the local cache (downloads are off): {err}") from None
+        raise ValueError(f"{name}: cannot load a model from {source!r}: {err}") from None
+    return ModelRunner(model.to(dev), tokenizer, name=name)
+
+
+def check_pair(slm: ModelRunner, llm: ModelRunner) -> None:
+    """Raise ValueError unless both tokenizers map every token string to the same id and agree on EOS.
+
+    Stitching feeds one model's token ids to the other, so any disagreement would silently corrupt
+    the text; the message names the first mismatching token (in id order).
+    """
+    slm_vocab, llm_vocab = slm.tokenizer.get_vocab(), llm.tokenizer.get_vocab()
+    if slm_vocab != llm_vocab:
+        for token, slm_id in sorted(slm_vocab.items(), key=lambda kv: kv[1]):
+            llm_id = llm_vocab.get(token)
+            if llm_id != slm_id:
+                where = "is missing from the LLM tokenizer" if llm_id is None else f"is id {llm_id} in the LLM tokenizer"
+                raise ValueError(f"incompatible tokenizers: token {token!r} is id {slm_id} in the SLM tokenizer but {where}")
+        token, llm_id = min(((t, i) for t, i in llm_vocab.items() if t not in slm_vocab), key=lambda kv: kv[1])
+        raise ValueError(f"incompatible tokenizers: token {token!r} is id {llm_id} in the LLM tokenizer "
+                         f"but is missing from the SLM tokenizer")
+    if slm.tokenizer.eos_token_id != llm.tokenizer.eos_token_id:
+        raise ValueError(f"incompatible tokenizers: EOS is id {slm.tokenizer.eos_token_id} "
+                         f"({slm.tokenizer.eos_token!r}) in the SLM tokenizer but id "
+                         f"{llm.tokenizer.eos_token_id} ({llm.tokenizer.eos_token!r}) in the LLM tokenizer")
+    if slm.eos_token_ids != llm.eos_token_ids:
+        raise ValueError(f"incompatible models: the SLM stops on ids {sorted(slm.eos_token_ids)} "
+                         f"but the LLM on {sorted(llm.eos_token_ids)}")

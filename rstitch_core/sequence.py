@@ -1,0 +1,125 @@
+"""Per-request decoding state: the token sequence, each model's cache over it, and the stop rules."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Sequence as Seq
+
+from rstitch_core.config import SamplingParams
+from rstitch_core.events import (Direction, FinishEvent, FinishReason, GenerationStats, ModelStats,
+                                 Source, SwitchEvent, TokenEvent)
+from rstitch_core.models.runner import ForwardOutput, KVCache, ModelRunner
+from rstitch_core.text import IncrementalDetokenizer, TextOutput
+
+
+class SequenceStatus(Enum):
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class ModelState:
+    """One model's view of one sequence: its KV cache (allocated on the model's first turn)."""
+
+    source: Source
+    runner: ModelRunner
+    stats: ModelStats
+    cache: KVCache | None = None
+
+    @property
+    def num_cached(self) -> int:
+        return self.cache.num_tokens if self.cache is not None else 0
+
+    def step(self, token_ids: Seq[int], turn_start: bool, num_logits: int = 1,
+             hidden: bool = False) -> ForwardOutput:
+        """One pass over exactly the tokens of `token_ids` this model has not seen.
+
+        At the start of a turn that is the partial prefill (the whole prompt on the first turn);
+        within a turn it is the one token the model just wrote.
+        """
+        if self.cache is None:
+            self.cache = self.runner.new_cache()
+        unseen = token_ids[self.num_cached:]
+        out = self.runner.forward(self.cache, unseen, num_logits=num_logits, hidden=hidden)
+        self.stats.forward_passes += 1
+        self.stats.forward_tokens += len(unseen)
+        self.stats.prefill_tokens += len(unseen) if turn_start else 0
+        self.stats.seconds += out.seconds
+        return out
+
+    def rollback(self, num_tokens: int) -> None:
+        """Keep only the first `num_tokens` cached positions (drop rejected tokens)."""
+        if self.cache is not None:
+            self.cache.crop(num_tokens)
+
+
+@dataclass
+class Sequence:
+    """Prompt plus generated tokens, with the stop rules and the running stats of one request."""
+
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    eos_token_ids: frozenset[int]
+    max_context: int
+    output: TextOutput
+    token_ids: list[int] = field(default_factory=list)  # prompt + generated
+    status: SequenceStatus = SequenceStatus.RUNNING
+    finish_reason: FinishReason | None = None
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def create(cls, prompt_ids: list[int], sampling: SamplingParams, tokenizer,
+               eos_token_ids: frozenset[int], max_context: int) -> Sequence:
+        output = TextOutput(IncrementalDetokenizer(tokenizer, prompt_ids), sampling.stop)
+        seq = cls(list(prompt_ids), sampling, eos_token_ids, max_context, output, list(prompt_ids))
+        seq.stats.prompt_tokens = len(prompt_ids)
+        return seq
+
+    @property
+    def running(self) -> bool:
+        return self.status is SequenceStatus.RUNNING
+
+    @property
+    def num_generated(self) -> int:
+        return len(self.token_ids) - len(self.prompt_ids)
+
+    @property
+    def room(self) -> int:
+        """How many more tokens may still be generated (budget and context window)."""
+        return min(self.sampling.max_new_tokens - self.num_generated, self.max_context - len(self.token_ids))
+
+    def append(self, token_id: int, source: Source, entropy: float) -> TokenEvent:
+        """Emit one token and apply the stop rules (EOS, stop string, budget, context)."""
+        index = self.num_generated
+        self.token_ids.append(token_id)
+        self.stats.model(source).tokens += 1
+        if index == 0:
+            self.stats.time_to_first_token = time.perf_counter() - self.started
+        text, stopped = self.output.push(token_id)
+        reason = (FinishReason.EOS if token_id in self.eos_token_ids
+                  else FinishReason.STOP if stopped
+                  else FinishReason.LENGTH if self.num_generated >= self.sampling.max_new_tokens
+                  else FinishReason.CONTEXT if len(self.token_ids) >= self.max_context
+                  else None)
+        if reason is not None:
+            self.status, self.finish_reason = SequenceStatus.FINISHED, reason
+            if reason is not FinishReason.STOP:
+                text += self.output.finish()
+        return TokenEvent(index, token_id, text, source, entropy)
+
+    def switch(self, direction: Direction, target: ModelState) -> SwitchEvent:
+        """Record a switch; the target will partially prefill every token it has not seen."""
+        if direction == "slm_to_llm":
+            self.stats.switches_slm_to_llm += 1
+        else:
+            self.stats.switches_llm_to_slm += 1
+        return SwitchEvent(direction, self.num_generated, len(self.token_ids) - target.num_cached)
+
+    def finish(self) -> FinishEvent:
+        self.stats.total_seconds = time.perf_counter() - self.started
+        assert self.finish_reason is not None
+        return FinishEvent(self.finish_reason, self.output.text,
+                           tuple(self.token_ids[len(self.prompt_ids):]), self.stats)

@@ -1,0 +1,34 @@
+import math
+
+import pytest
+
+from rstitch_core import Policy, RoutingParams, SamplingParams
+
+
+@pytest.mark.parametrize("kwargs, quoted", [
+    (dict(max_new_tokens=0), "0"), (dict(max_new_tokens=2.5), "2.5"), (dict(temperature=-1), "-1"),
+    (dict(temperature=math.inf), "inf"), (dict(top_p=0), "0"), (dict(top_p=1.5), "1.5"),
+    (dict(top_k=-3), "-3"), (dict(seed=-1), "-1"), (dict(stop=("",)), "''"),
+])
+def test_bad_sampling_values_are_quoted(kwargs, quoted):
+    with pytest.raises(ValueError) as err:
+        SamplingParams(**kwargs)
+    assert next(iter(kwargs)) in str(err.value) and quoted in str(err.value)
+
+
+@pytest.mark.parametrize("tau", [math.nan, -0.1, 1.01, math.inf])
+def test_threshold_outside_unit_interval_is_rejected(tau):
+    with pytest.raises(ValueError, match=r"threshold \(tau\) must be a number in \[0, 1\]"):
+        RoutingParams(threshold=tau)
+
+
+def test_unknown_policy_lists_accepted_values():
+    with pytest.raises(ValueError, match="unknown policy 'fast'; accepted: rstitch, llm, slm, speculative"):
+        RoutingParams(policy="fast")
+    assert RoutingParams(policy="SPECULATIVE").policy is Policy.SPECULATIVE
+
+
+def test_draft_tokens_range_and_stop_string_normalisation():
+    with pytest.raises(ValueError, match="draft_tokens"):
+        RoutingParams(draft_tokens=0)
+    assert SamplingParams(stop="\n\n").stop == ("\n\n",)

@@ -1,0 +1,34 @@
+import torch
+
+from rstitch_core import SamplingParams
+from rstitch_core.sampling import Sampler
+
+
+def test_greedy_is_argmax():
+    logits = torch.tensor([0.1, 3.0, 2.9, -1.0])
+    assert Sampler(SamplingParams()).sample(logits) == 1
+
+
+def test_top_k_and_top_p_restrict_the_support():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    top_k = Sampler(SamplingParams(temperature=1.0, top_k=2)).probs(logits)[0]
+    assert torch.allclose(top_k, torch.tensor([0.625, 0.375, 0, 0]))
+    top_p = Sampler(SamplingParams(temperature=1.0, top_p=0.8)).probs(logits)[0]
+    assert torch.allclose(top_p, torch.tensor([0.625, 0.375, 0, 0]))  # 0.5 + 0.3 reaches 0.8
+    top_p_all = Sampler(SamplingParams(temperature=1.0, top_p=0.81)).probs(logits)[0]
+    assert (top_p_all[:3] > 0).all() and top_p_all[3] == 0
+
+
+def test_temperature_sharpens():
+    logits = torch.tensor([[1.0, 2.0]])
+    cold = Sampler(SamplingParams(temperature=0.5)).probs(logits)[0]
+    hot = Sampler(SamplingParams(temperature=2.0)).probs(logits)[0]
+    assert cold[1] > hot[1] > 0.5
+
+
+def test_seed_makes_draws_reproducible():
+    logits = torch.randn(1000)
+    draws = lambda seed: [Sampler(SamplingParams(temperature=1.0, seed=seed)).sample(logits) for _ in range(1)] + \
+        [s.sample(logits) for s in [Sampler(SamplingParams(temperature=1.0, seed=seed))] for _ in range(20)]
+    assert draws(3) == draws(3)
+    assert draws(3) != draws(4)
