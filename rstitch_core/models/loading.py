@@ -41,6 +41,27 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith(("/", ".", "~")) or source.endswith(".gguf") or source.count("/") > 1
 
 
+def resolve_source(source: str, name: str = "model") -> tuple[str, dict]:
+    """Where and how to load `source` from, without loading it: (folder or id, from_pretrained kwargs).
+
+    Raises ValueError for a missing path, a folder without config.json, or a non-GGUF file.
+    """
+    if not isinstance(source, str) or not source.strip():
+        raise ValueError(f"{name}: model source must be a non-empty path or Hugging Face id, got {source!r}")
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return str(path.parent), {"gguf_file": path.name}
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{name}: folder {str(path)!r} has no config.json (expected a save_pretrained folder)")
+        return str(path), {}
+    if path.exists():
+        raise ValueError(f"{name}: {str(path)!r} is neither a folder nor a .gguf file")
+    if _looks_like_path(source):
+        raise ValueError(f"{name}: model path {source!r} does not exist")
+    return source, {"local_files_only": True}
+
+
 def load_model(source: str, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
                name: str = "model") -> ModelRunner:
     """Load a causal LM and the tokenizer from the same source.
@@ -52,21 +73,7 @@ def load_model(source: str, dtype: str | torch.dtype = "float32", device: str | 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype, dev = parse_dtype(dtype), parse_device(device)
-    if not isinstance(source, str) or not source.strip():
-        raise ValueError(f"{name}: model source must be a non-empty path or Hugging Face id, got {source!r}")
-    path = Path(source).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        folder, kwargs = str(path.parent), {"gguf_file": path.name}
-    elif path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ValueError(f"{name}: folder {str(path)!r} has no config.json (expected a save_pretrained folder)")
-        folder, kwargs = str(path), {}
-    elif path.exists():
-        raise ValueError(f"{name}: {str(path)!r} is neither a folder nor a .gguf file")
-    elif _looks_like_path(source):
-        raise ValueError(f"{name}: model path {source!r} does not exist")
-    else:
-        folder, kwargs = source, {"local_files_only": True}
+    folder, kwargs = resolve_source(source, name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **kwargs)

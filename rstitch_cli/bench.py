@@ -1,0 +1,150 @@
+"""`rstitch bench`: per-token costs and R-Stitch vs baselines, measured side by side in one run.
+
+Prints medians and ratios (this kind of machine is noisy): each model's decode step, partial prefills
+of k tokens relative to one decode step, and end-to-end wall time of every policy on the same prompts,
+policies interleaved per prompt so drift hits them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+from rstitch_cli.common import add_model_args, load_engine
+from rstitch_core import Engine, Generation, Policy, RoutingParams, SamplingParams
+from rstitch_core.models.runner import ModelRunner
+
+# Short grade-school maths problems written for this benchmark (not from any evaluation set).
+PROMPTS = [
+    "A baker makes 24 muffins and sells them in boxes of 4. Each box costs $6. How much money does he make?",
+    "Tom reads 15 pages a day. His book has 210 pages. After 8 days, how many pages are left?",
+    "A train travels 60 km per hour for 3 hours and then 40 km per hour for 2 hours. How far does it go?",
+    "Mia has 3 times as many stickers as Leo. Together they have 48 stickers. How many does Mia have?",
+    "A garden is 12 m long and 7 m wide. Fencing costs $5 per metre. How much does fencing the garden cost?",
+    "Sam saves $35 each week. He wants a bike that costs $420. How many weeks must he save?",
+    "A class of 28 students splits into teams of 4. Each team needs 3 balls. How many balls are needed?",
+    "Anna bought 5 notebooks at $2.40 each and a pen for $1.80. She paid with $20. What is her change?",
+]
+PREFILL_SIZES = (1, 8, 32, 128)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="measure per-token costs and policy wall times side by side",
+                       description=__doc__.splitlines()[0])
+    add_model_args(p)
+    p.add_argument("--prompts", type=int, default=4, help=f"how many built-in prompts, 1-{len(PROMPTS)} (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="budget per request (default: %(default)s)")
+    p.add_argument("--policies", default="llm,rstitch,slm,speculative", help="comma list (default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=RoutingParams.threshold, help="tau for rstitch (default: %(default)s)")
+    p.add_argument("--draft-tokens", type=int, default=RoutingParams.draft_tokens, help="k for speculative (default: %(default)s)")
+    p.add_argument("--reps", type=int, default=9, help="repetitions of each micro-benchmark (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.set_defaults(run=run)
+
+
+def decode_seconds(runner: ModelRunner, context: list[int], reps: int) -> float:
+    """Median wall time of one decode step at about len(context) cached tokens."""
+    cache = runner.new_cache()
+    token = int(runner.forward(cache, context).logits[-1].argmax())
+    times = []
+    for _ in range(reps + 1):
+        out = runner.forward(cache, [token])
+        token = int(out.logits[-1].argmax())
+        times.append(out.seconds)
+    return statistics.median(times[1:])
+
+
+def prefill_seconds(runner: ModelRunner, context: list[int], k: int, reps: int) -> float:
+    """Median wall time of a partial prefill of k tokens on top of a cache holding `context`."""
+    cache = runner.new_cache()
+    runner.forward(cache, context)
+    extra = (context * (k // len(context) + 1))[:k]
+    times = []
+    for _ in range(reps + 1):
+        times.append(runner.forward(cache, extra).seconds)
+        cache.crop(len(context))
+    return statistics.median(times[1:])
+
+
+def model_costs(engine: Engine, context: list[int], reps: int) -> dict:
+    costs = {}
+    for name, runner in (("slm", engine.slm), ("llm", engine.llm)):
+        decode = decode_seconds(runner, context, reps)
+        costs[name] = {"decode_ms": 1000 * decode,
+                       "prefill_ratio": {k: prefill_seconds(runner, context, k, reps) / decode for k in PREFILL_SIZES}}
+    costs["llm_over_slm_decode"] = costs["llm"]["decode_ms"] / costs["slm"]["decode_ms"]
+    return costs
+
+
+def end_to_end(engine: Engine, prompts: list[str], policies: list[Policy], sampling: SamplingParams,
+               args: argparse.Namespace) -> dict:
+    runs: dict[str, list[dict]] = {p.value: [] for p in policies}
+    for i, prompt in enumerate(prompts):
+        ids = engine.encode(messages=[{"role": "user", "content": prompt}])
+        for policy in policies:
+            routing = RoutingParams(policy=policy, threshold=args.threshold, draft_tokens=args.draft_tokens)
+            start = time.perf_counter()
+            g = Generation.collect(engine.generate(prompt_ids=ids, sampling=sampling, routing=routing))
+            runs[policy.value].append({"seconds": time.perf_counter() - start, "tokens": len(g.token_ids),
+                                       "llm_share": g.stats.llm_token_share,
+                                       "switches": g.stats.switches_slm_to_llm + g.stats.switches_llm_to_slm})
+            print(f"  prompt {i + 1}/{len(prompts)} {policy.value:<11} {runs[policy.value][-1]['seconds']:6.2f}s "
+                  f"{len(g.token_ids):4d} tokens", file=sys.stderr, flush=True)
+    base = runs.get("llm")
+    summary = {}
+    for name, rs in runs.items():
+        row = {"median_seconds": statistics.median(r["seconds"] for r in rs),
+               "tokens_per_second": sum(r["tokens"] for r in rs) / sum(r["seconds"] for r in rs),
+               "mean_tokens": statistics.mean(r["tokens"] for r in rs),
+               "llm_token_share": sum(r["llm_share"] * r["tokens"] for r in rs) / max(1, sum(r["tokens"] for r in rs)),
+               "mean_switches": statistics.mean(r["switches"] for r in rs)}
+        if base:
+            row["speedup_vs_llm"] = statistics.median(b["seconds"] / r["seconds"] for b, r in zip(base, rs))
+            row["per_token_speedup_vs_llm"] = row["tokens_per_second"] / (
+                sum(r["tokens"] for r in base) / sum(r["seconds"] for r in base))
+        summary[name] = row
+    return summary
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 1 <= args.prompts <= len(PROMPTS):
+        raise ValueError(f"--prompts must be in [1, {len(PROMPTS)}], got {args.prompts}")
+    if args.reps < 1:
+        raise ValueError(f"--reps must be >= 1, got {args.reps}")
+    policies = [Policy.parse(p) for p in args.policies.split(",") if p.strip()]
+    sampling = SamplingParams(max_new_tokens=args.max_new_tokens)
+    RoutingParams(threshold=args.threshold, draft_tokens=args.draft_tokens)  # validate before loading
+    engine = load_engine(args)
+    prompts = PROMPTS[:args.prompts]
+    context = engine.encode(messages=[{"role": "user", "content": PROMPTS[0]}])
+    print("measuring per-token costs ...", file=sys.stderr, flush=True)
+    costs = model_costs(engine, context, args.reps)
+    print("running policies side by side ...", file=sys.stderr, flush=True)
+    Generation.collect(engine.generate(prompt_ids=context, sampling=SamplingParams(max_new_tokens=4)))  # warm-up
+    results = {"context_tokens": len(context), "costs": costs,
+               "policies": end_to_end(engine, prompts, policies, sampling, args),
+               "threshold": args.threshold, "max_new_tokens": args.max_new_tokens, "prompts": len(prompts)}
+    print(json.dumps(results, indent=1) if args.json else report(results))
+    return 0
+
+
+def report(r: dict) -> str:
+    c = r["costs"]
+    lines = [f"per-token cost at {r['context_tokens']} context tokens (median)",
+             f"  decode step: slm {c['slm']['decode_ms']:.1f} ms, llm {c['llm']['decode_ms']:.1f} ms "
+             f"(llm/slm {c['llm_over_slm_decode']:.2f}x)",
+             "  partial prefill of k tokens / one decode step:"]
+    for name in ("slm", "llm"):
+        lines.append(f"    {name}: " + ", ".join(f"k={k}: {v:.2f}x" for k, v in c[name]["prefill_ratio"].items()))
+    lines.append(f"end to end on {r['prompts']} prompts, {r['max_new_tokens']} new tokens max, tau={r['threshold']}")
+    lines.append(f"  {'policy':<12}{'median s':>9}{'tok/s':>8}{'tokens':>8}{'llm share':>10}{'switches':>9}"
+                 f"{'speedup':>9}{'tok/s ratio':>12}")
+    for name, p in r["policies"].items():
+        lines.append(f"  {name:<12}{p['median_seconds']:9.2f}{p['tokens_per_second']:8.2f}{p['mean_tokens']:8.1f}"
+                     f"{p['llm_token_share']:10.1%}{p['mean_switches']:9.1f}"
+                     f"{p.get('speedup_vs_llm', float('nan')):8.2f}x{p.get('per_token_speedup_vs_llm', float('nan')):11.2f}x")
+    lines.append("  speedup = median over prompts of (llm-only wall time / policy wall time), same prompts, same run")
+    return "\n".join(lines)

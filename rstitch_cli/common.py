@@ -1,0 +1,45 @@
+"""Arguments and model loading shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rstitch_core import Engine
+from rstitch_core.models.loading import parse_device, parse_dtype, resolve_source
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models (default: the embedded Qwen2.5-Coder 0.5B/1.5B pair)")
+    g.add_argument("--slm", metavar="SRC", help="small model: save_pretrained folder, .gguf file or cached HF id")
+    g.add_argument("--llm", metavar="SRC", help="large model: same forms as --slm")
+    g.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
+                   help="weights dtype (default: %(default)s)")
+    g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    g.add_argument("--llm-device", metavar="DEV", help="put the LLM on another device (default: --device)")
+
+
+def model_sources(args: argparse.Namespace, quiet: bool = False) -> tuple[str, str]:
+    """--slm/--llm, or the embedded default pair (assembled into the local cache on first use)."""
+    if (args.slm is None) != (args.llm is None):
+        raise ValueError("give both --slm and --llm, or neither to use the embedded default pair")
+    if args.slm is not None:
+        return args.slm, args.llm
+    from rstitch_core.assets import INSTALL_HINT, ensure_default_pair, is_default_pair_installed
+
+    if not is_default_pair_installed():
+        raise ValueError(f"no --slm/--llm given and the embedded default pair is not installed: {INSTALL_HINT}")
+    slm, llm = ensure_default_pair(progress=not quiet)
+    return str(slm), str(llm)
+
+
+def load_engine(args: argparse.Namespace, quiet: bool = False) -> Engine:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-shard bars would bury the one line that matters
+    slm, llm = model_sources(args, quiet)
+    resolve_source(slm, "slm"), resolve_source(llm, "llm")  # fail fast, before the slow part
+    parse_dtype(args.dtype), parse_device(args.device), parse_device(args.llm_device or args.device)
+    if not quiet:
+        print(f"loading slm={slm} llm={llm} ({args.dtype}, {args.device})", file=sys.stderr, flush=True)
+    return Engine.load(slm, llm, dtype=args.dtype, device=args.device, llm_device=args.llm_device)

@@ -1,0 +1,104 @@
+"""`rstitch generate`: one request, streamed to the terminal (coloured by source) or as one JSON object."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rstitch_cli.common import add_model_args, load_engine
+from rstitch_core import (FinishEvent, Generation, Policy, RoutingParams, SamplingParams, SwitchEvent,
+                          TokenEvent)
+
+COLOURS = {"slm": "\033[32m", "llm": "\033[35m"}  # green: SLM, magenta: LLM
+RESET = "\033[0m"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("generate", help="generate one completion", description="Generate one completion "
+                       "with R-Stitch or a baseline policy. Text mode colours each token by the model that "
+                       "wrote it (green: SLM, magenta: LLM) when stdout is a terminal.")
+    add_model_args(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="raw prompt text")
+    src.add_argument("--messages", help='chat messages as JSON, e.g. \'[{"role": "user", "content": "..."}]\', '
+                     "or @FILE to read them from a file")
+    add_request_args(p)
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object instead of streaming")
+    p.set_defaults(run=run)
+
+
+def add_request_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("routing and sampling")
+    g.add_argument("--policy", default="rstitch", help="rstitch | llm | slm | speculative (default: %(default)s)")
+    g.add_argument("--threshold", type=float, default=RoutingParams.threshold,
+                   help="entropy threshold tau in [0, 1] (default: %(default)s)")
+    g.add_argument("--draft-tokens", type=int, default=RoutingParams.draft_tokens,
+                   help="speculative draft length k (default: %(default)s)")
+    g.add_argument("--max-new-tokens", type=int, default=SamplingParams.max_new_tokens,
+                   help="generation budget (default: %(default)s)")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: %(default)s)")
+    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens, 0 = off (default: %(default)s)")
+    g.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop string (repeatable); it is not printed")
+
+
+def request_params(args: argparse.Namespace) -> tuple[SamplingParams, RoutingParams]:
+    """Validated configs from the arguments (ValueError names the bad value)."""
+    sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                              top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=tuple(args.stop))
+    routing = RoutingParams(policy=Policy.parse(args.policy), threshold=args.threshold,
+                            draft_tokens=args.draft_tokens)
+    return sampling, routing
+
+
+def parse_messages(value: str) -> list:
+    if value.startswith("@"):
+        try:
+            with open(value[1:], encoding="utf-8") as f:
+                value = f.read()
+        except OSError as err:
+            raise ValueError(f"--messages: cannot read {value[1:]!r}: {err.strerror}") from None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--messages is not valid JSON: {err}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    sampling, routing = request_params(args)  # bad values fail before any model is loaded
+    messages = parse_messages(args.messages) if args.messages is not None else None
+    engine = load_engine(args, quiet=args.json)
+    events = engine.generate(args.prompt, messages, sampling=sampling, routing=routing)
+    if args.json:
+        print(json.dumps(Generation.collect(events).to_dict(), ensure_ascii=False))
+        return 0
+    stream(events, colour=sys.stdout.isatty())
+    return 0
+
+
+def stream(events, colour: bool) -> None:
+    """Print tokens as they come; end with a one-line summary on stderr."""
+    out = sys.stdout
+    if colour:
+        print(f"{COLOURS['slm']}slm{RESET} {COLOURS['llm']}llm{RESET}", file=sys.stderr)
+    for event in events:
+        if isinstance(event, TokenEvent) and event.text:
+            out.write(f"{COLOURS[event.source]}{event.text}{RESET}" if colour else event.text)
+            out.flush()
+        elif isinstance(event, SwitchEvent):
+            continue
+        elif isinstance(event, FinishEvent):
+            out.write("\n")
+            print(summary_line(event), file=sys.stderr)
+
+
+def summary_line(event: FinishEvent) -> str:
+    s = event.stats
+    tps = s.generated_tokens / s.total_seconds if s.total_seconds else 0.0
+    return (f"[{event.reason.value}] {s.generated_tokens} tokens (slm {s.slm.tokens}, llm {s.llm.tokens}, "
+            f"llm share {s.llm_token_share:.1%}) | switches slm->llm {s.switches_slm_to_llm}, "
+            f"llm->slm {s.switches_llm_to_slm} | prefill slm {s.slm.prefill_tokens}, llm {s.llm.prefill_tokens} "
+            f"| ttft {s.time_to_first_token:.2f}s, total {s.total_seconds:.2f}s, {tps:.1f} tok/s")
