@@ -47,6 +47,7 @@ class ModelStats:
     forward_tokens: int = 0  # tokens fed through the model in total
     prefill_tokens: int = 0  # tokens fed in passes over more than the one token it just wrote
     seconds: float = 0.0  # wall time inside this model's forward passes
+    rebuilds: int = 0  # turns that found no cache for the session and prefilled everything (serving)
 
 
 @dataclass
