@@ -78,7 +78,7 @@ class Engine:
         seq = Seq.create(ids, sampling, self.tokenizer, self.llm.eos_token_ids, self.max_context)
         slm = ModelState("slm", self.slm, seq.stats.slm)
         llm = ModelState("llm", self.llm, seq.stats.llm)
-        sampler = Sampler(sampling, self.llm.device)
+        sampler = Sampler(sampling)
         if routing.policy is Policy.SPECULATIVE:
             yield from speculate(seq, slm, llm, routing, sampler)
         else:

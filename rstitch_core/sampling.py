@@ -13,17 +13,28 @@ class Sampler:
     The same processed distribution (temperature -> top-k -> top-p, the order transformers uses) is
     what sampling draws from and what speculative rejection sampling compares, so speculative output
     follows exactly the LLM's sampling distribution.
+
+    Randomness comes from one CPU generator per request, used through scalar uniforms only (draws
+    are inverse-CDF), so the same seed gives the same tokens whatever device each model is on, and
+    the generator state can travel between the SLM and LLM workers with the request.
     """
 
-    def __init__(self, params: SamplingParams, device: torch.device | str = "cpu"):
+    def __init__(self, params: SamplingParams):
         self.params = params
         self.seed = params.seed if params.seed is not None else int(torch.seed() % 2**63)
-        self.generator = torch.Generator(device=device)
+        self.generator = torch.Generator()
         self.generator.manual_seed(self.seed)
 
     @property
     def greedy(self) -> bool:
         return self.params.greedy
+
+    def get_state(self) -> torch.Tensor:
+        """The generator state (a CPU uint8 tensor), to hand the request to another worker."""
+        return self.generator.get_state()
+
+    def set_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """logits: [N, V] raw -> [N, V] float32 sampling distribution (one-hot argmax when greedy)."""
@@ -44,16 +55,19 @@ class Sampler:
             logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
         return logits.softmax(-1)
 
+    def uniform(self) -> float:
+        """One U(0, 1) draw from this request's generator."""
+        return float(torch.rand((), generator=self.generator).item())
+
     def draw(self, probs: torch.Tensor) -> int:
-        """probs: [V] -> one token id drawn with this request's generator."""
-        return int(torch.multinomial(probs, 1, generator=self.generator).item())
+        """probs: [V] (need not sum to 1) -> one token id by inverse CDF."""
+        cdf = probs.float().cumsum(-1)
+        target = torch.tensor(self.uniform(), device=cdf.device) * cdf[-1]
+        # right=True skips zero-probability ids (their cdf equals their predecessor's).
+        return min(int(torch.searchsorted(cdf, target, right=True).item()), probs.shape[-1] - 1)
 
     def sample(self, logits: torch.Tensor) -> int:
         """logits: [V] raw -> the chosen token id."""
         if self.greedy:
             return int(logits.argmax().item())
         return self.draw(self.probs(logits[None])[0])
-
-    def uniform(self) -> float:
-        """One U(0, 1) draw from this request's generator (speculative acceptance test)."""
-        return float(torch.rand((), generator=self.generator, device=self.generator.device).item())

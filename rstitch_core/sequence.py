@@ -68,6 +68,7 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.RUNNING
     finish_reason: FinishReason | None = None
     stats: GenerationStats = field(default_factory=GenerationStats)
+    last_switch: int = 0  # num_generated at the last switch
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
@@ -110,13 +111,24 @@ class Sequence:
                 text += self.output.finish()
         return TokenEvent(index, token_id, text, source, entropy)
 
-    def switch(self, direction: Direction, target: ModelState) -> SwitchEvent:
-        """Record a switch; the target will partially prefill every token it has not seen."""
+    def switch(self, direction: Direction, target_cached: int) -> SwitchEvent:
+        """Record a switch; the target, which holds `target_cached` positions, will partially
+        prefill every token after them. Every SLM -> LLM switch discards the SLM's token."""
         if direction == "slm_to_llm":
             self.stats.switches_slm_to_llm += 1
+            self.stats.discarded_tokens += 1
         else:
             self.stats.switches_llm_to_slm += 1
-        return SwitchEvent(direction, self.num_generated, len(self.token_ids) - target.num_cached)
+        self.last_switch = self.num_generated
+        return SwitchEvent(direction, self.num_generated, len(self.token_ids) - target_cached)
+
+    def extend(self, token_ids: Seq[int]) -> None:
+        """Append tokens written elsewhere (a worker's mirror of the sequence catching up): the
+        text and stop state advance, no event or stats. They never end the sequence: whoever
+        wrote them already applied the stop rules."""
+        for token_id in token_ids:
+            self.token_ids.append(token_id)
+            self.output.push(token_id)
 
     def finish(self) -> FinishEvent:
         self.stats.total_seconds = time.perf_counter() - self.started

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Generator, Iterator
 
 from rstitch_core.config import Policy, RoutingParams
 from rstitch_core.entropy import normalized_entropy
-from rstitch_core.events import Event
+from rstitch_core.events import Event, TokenEvent
 from rstitch_core.policies.router import RouterInput, SwitchRouter
 from rstitch_core.sampling import Sampler
 from rstitch_core.sequence import ModelState, Sequence
@@ -14,33 +14,42 @@ from rstitch_core.sequence import ModelState, Sequence
 
 def stitch(seq: Sequence, slm: ModelState, llm: ModelState, routing: RoutingParams,
            sampler: Sampler, router: SwitchRouter | None = None) -> Iterator[Event]:
-    """Decode `seq` to the end, switching models on entropy.
+    """Decode `seq` to the end, alternating turns between the models.
 
-    The SLM hands over when its entropy exceeds tau (its token is discarded: it was never fed to
-    the SLM, so the SLM cache still ends at the last kept token and no rollback pass is needed);
-    the LLM's token is always kept, and the LLM hands back as soon as its entropy is <= tau.
-    `llm` and `slm` policies run this same loop with one model only.
+    The `llm` and `slm` policies run this same loop; their gates never open, so it is one turn.
     """
-    tau = routing.threshold
-    stitching = routing.policy is Policy.RSTITCH
-    active = llm if routing.policy is Policy.LLM else slm
-    turn_start, last_switch = True, 0
+    active, other = (llm, slm) if routing.policy is Policy.LLM else (slm, llm)
     while seq.running:
-        consult = router is not None and active is slm
-        out = active.step(seq.token_ids, turn_start, hidden=consult)
+        if (yield from run_turn(seq, active, routing, sampler, router)):
+            yield seq.switch(f"{active.source}_to_{other.source}", other.num_cached)
+            active, other = other, active
+    yield seq.finish()
+
+
+def run_turn(seq: Sequence, model: ModelState, routing: RoutingParams, sampler: Sampler,
+             router: SwitchRouter | None = None) -> Generator[TokenEvent, None, bool]:
+    """Decode on `model` from the end of `seq` until it must hand over (returns True) or the
+    sequence finishes (returns False). Yields each kept token as it is appended.
+
+    The first pass partially prefills every token the model has not seen. The SLM hands over when
+    its entropy exceeds tau (and the router, if any, agrees): its token is discarded, and since it
+    was never fed to the SLM the SLM cache already ends at the last kept token (no rollback pass).
+    The LLM's token is always kept; the LLM hands back as soon as its entropy is <= tau.
+    """
+    stitching = routing.policy is Policy.RSTITCH
+    consult = router is not None and model.source == "slm"
+    turn_start = True
+    while seq.running:
+        out = model.step(seq.token_ids, turn_start, hidden=consult)
         turn_start = False
         logits = out.logits[-1]  # [V]
         entropy = float(normalized_entropy(logits))
         token = sampler.sample(logits)
-        if active is slm and stitching and entropy > tau and (not consult or router(RouterInput(
-                out.hidden, len(seq.token_ids), seq.num_generated, entropy,
-                seq.num_generated - last_switch))):
-            seq.stats.discarded_tokens += 1
-            yield seq.switch("slm_to_llm", llm)
-            active, turn_start, last_switch = llm, True, seq.num_generated
-            continue
-        yield seq.append(token, active.source, entropy)
-        if active is llm and stitching and entropy <= tau and seq.running:
-            yield seq.switch("llm_to_slm", slm)
-            active, turn_start, last_switch = slm, True, seq.num_generated
-    yield seq.finish()
+        if model.source == "slm" and stitching and entropy > routing.threshold and (
+                not consult or router(RouterInput(out.hidden, len(seq.token_ids), seq.num_generated,
+                                                  entropy, seq.num_generated - seq.last_switch))):
+            return True
+        yield seq.append(token, model.source, entropy)
+        if model.source == "llm" and stitching and entropy <= routing.threshold and seq.running:
+            return True
+    return False

@@ -26,9 +26,27 @@ def test_temperature_sharpens():
     assert cold[1] > hot[1] > 0.5
 
 
+def _draws(seed, n=20):
+    logits = torch.linspace(-2, 2, 1000)
+    sampler = Sampler(SamplingParams(temperature=1.0, seed=seed))
+    return [sampler.sample(logits) for _ in range(n)]
+
+
 def test_seed_makes_draws_reproducible():
-    logits = torch.randn(1000)
-    draws = lambda seed: [Sampler(SamplingParams(temperature=1.0, seed=seed)).sample(logits) for _ in range(1)] + \
-        [s.sample(logits) for s in [Sampler(SamplingParams(temperature=1.0, seed=seed))] for _ in range(20)]
-    assert draws(3) == draws(3)
-    assert draws(3) != draws(4)
+    assert _draws(3) == _draws(3)
+    assert _draws(3) != _draws(4)
+
+
+def test_generator_state_travels_between_samplers():
+    a = Sampler(SamplingParams(temperature=1.0, seed=9))
+    logits = torch.linspace(-2, 2, 1000)
+    first = [a.sample(logits) for _ in range(5)]
+    b = Sampler(SamplingParams(temperature=1.0, seed=123))
+    b.set_state(a.get_state())  # another worker continues the same request
+    assert first + [b.sample(logits) for _ in range(5)] == _draws(9, 10)
+
+
+def test_draw_never_picks_a_zero_probability_token():
+    sampler = Sampler(SamplingParams(temperature=1.0, seed=0))
+    probs = torch.tensor([0.0, 0.5, 0.0, 0.5, 0.0])
+    assert {sampler.draw(probs) for _ in range(500)} == {1, 3}

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rstitch_core import Generation, RoutingParams, SamplingParams
-from rstitch_core.policies.speculative import _verify
+from rstitch_core.policies.speculative import Draft, _accept_prefix
 from rstitch_core.sampling import Sampler
 
 PROMPT = "def add(a, b):"
@@ -65,7 +65,7 @@ def test_rejection_sampling_reproduces_the_target_distribution():
     target = torch.stack([p, p])  # [draft position, bonus position]
     for _ in range(n):
         draft = sampler.draw(q)
-        accepted, correction = _verify([draft], [q], target, sampler)
+        accepted, correction = _accept_prefix(Draft([draft], [0.0], q[None]), target, sampler)
         counts[draft if accepted else correction] += 1
     freq = counts / n
     assert torch.allclose(freq, p, atol=0.015), freq
@@ -75,5 +75,5 @@ def test_rejection_sampling_reproduces_the_target_distribution():
 
 def test_draft_past_the_llm_vocabulary_is_rejected():
     target = torch.tensor([[0.1, 0.9], [0.5, 0.5]])
-    accepted, token = _verify([2], [torch.tensor([0.0, 0.0, 1.0])], target, Sampler(SamplingParams()))
+    accepted, token = _accept_prefix(Draft([2], [0.0], None), target, Sampler(SamplingParams()))
     assert (accepted, token) == (0, 1)

@@ -1,0 +1,1 @@
+"""Generated from proto/rstitch by scripts/gen_proto.sh; do not edit."""
