@@ -13,7 +13,7 @@ from rstitch_core.models.runner import ModelRunner
 from rstitch_core.policies.router import SwitchRouter
 from rstitch_core.policies.speculative import speculate
 from rstitch_core.policies.stitch import stitch
-from rstitch_core.prompts import encode_prompt
+from rstitch_core.prompts import check_prompt_ids, encode_prompt
 from rstitch_core.sampling import Sampler
 from rstitch_core.sequence import ModelState, Sequence as Seq
 
@@ -41,15 +41,7 @@ class Engine:
         return ids
 
     def check_prompt_ids(self, ids: Sequence[int]) -> None:
-        if not ids:
-            raise ValueError("the prompt is empty")
-        if len(ids) >= self.max_context:
-            raise ValueError(f"the prompt has {len(ids)} tokens but the context window holds "
-                             f"{self.max_context} (prompt plus at least one generated token must fit)")
-        vocab = min(self.slm.vocab_size, self.llm.vocab_size)
-        bad = next((t for t in ids if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise ValueError(f"prompt token id {bad} is outside the vocabulary [0, {vocab})")
+        check_prompt_ids(ids, self.max_context, min(self.slm.vocab_size, self.llm.vocab_size))
 
     def generate(self, prompt: str | None = None, messages: Sequence[dict] | None = None, *,
                  prompt_ids: Sequence[int] | None = None,

@@ -42,3 +42,15 @@ def encode_prompt(tokenizer, prompt: str | None = None,
     if not ids:
         raise ValueError("the prompt encodes to zero tokens")
     return list(ids)
+
+
+def check_prompt_ids(ids: Sequence[int], max_context: int, vocab_size: int) -> None:
+    """Reject an empty prompt, one that leaves no room to generate, or ids outside the vocabulary."""
+    if not ids:
+        raise ValueError("the prompt is empty")
+    if len(ids) >= max_context:
+        raise ValueError(f"the prompt has {len(ids)} tokens but the context window holds "
+                         f"{max_context} (prompt plus at least one generated token must fit)")
+    bad = next((t for t in ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise ValueError(f"prompt token id {bad} is outside the vocabulary [0, {vocab_size})")

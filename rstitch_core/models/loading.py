@@ -86,12 +86,21 @@ def load_model(source: str, dtype: str | torch.dtype = "float32", device: str | 
 
 
 def check_pair(slm: ModelRunner, llm: ModelRunner) -> None:
+    """Raise ValueError unless both tokenizers map every token string to the same id and both
+    models stop on the same ids (see check_tokenizers)."""
+    check_tokenizers(slm.tokenizer, llm.tokenizer)
+    if slm.eos_token_ids != llm.eos_token_ids:
+        raise ValueError(f"incompatible models: the SLM stops on ids {sorted(slm.eos_token_ids)} "
+                         f"but the LLM on {sorted(llm.eos_token_ids)}")
+
+
+def check_tokenizers(slm_tokenizer, llm_tokenizer) -> None:
     """Raise ValueError unless both tokenizers map every token string to the same id and agree on EOS.
 
     Stitching feeds one model's token ids to the other, so any disagreement would silently corrupt
     the text; the message names the first mismatching token (in id order).
     """
-    slm_vocab, llm_vocab = slm.tokenizer.get_vocab(), llm.tokenizer.get_vocab()
+    slm_vocab, llm_vocab = slm_tokenizer.get_vocab(), llm_tokenizer.get_vocab()
     if slm_vocab != llm_vocab:
         for token, slm_id in sorted(slm_vocab.items(), key=lambda kv: kv[1]):
             llm_id = llm_vocab.get(token)
@@ -101,10 +110,18 @@ def check_pair(slm: ModelRunner, llm: ModelRunner) -> None:
         token, llm_id = min(((t, i) for t, i in llm_vocab.items() if t not in slm_vocab), key=lambda kv: kv[1])
         raise ValueError(f"incompatible tokenizers: token {token!r} is id {llm_id} in the LLM tokenizer "
                          f"but is missing from the SLM tokenizer")
-    if slm.tokenizer.eos_token_id != llm.tokenizer.eos_token_id:
-        raise ValueError(f"incompatible tokenizers: EOS is id {slm.tokenizer.eos_token_id} "
-                         f"({slm.tokenizer.eos_token!r}) in the SLM tokenizer but id "
-                         f"{llm.tokenizer.eos_token_id} ({llm.tokenizer.eos_token!r}) in the LLM tokenizer")
-    if slm.eos_token_ids != llm.eos_token_ids:
-        raise ValueError(f"incompatible models: the SLM stops on ids {sorted(slm.eos_token_ids)} "
-                         f"but the LLM on {sorted(llm.eos_token_ids)}")
+    if slm_tokenizer.eos_token_id != llm_tokenizer.eos_token_id:
+        raise ValueError(f"incompatible tokenizers: EOS is id {slm_tokenizer.eos_token_id} "
+                         f"({slm_tokenizer.eos_token!r}) in the SLM tokenizer but id "
+                         f"{llm_tokenizer.eos_token_id} ({llm_tokenizer.eos_token!r}) in the LLM tokenizer")
+
+
+def load_tokenizer(source: str, name: str = "model"):
+    """The tokenizer alone (no weights) from any model source load_model accepts."""
+    from transformers import AutoTokenizer
+
+    folder, kwargs = resolve_source(source, name)
+    try:
+        return AutoTokenizer.from_pretrained(folder, **kwargs)
+    except OSError as err:
+        raise ValueError(f"{name}: cannot load a tokenizer from {source!r}: {err}") from None

@@ -1,0 +1,89 @@
+"""The one builder of the Serve app: `serve run deploy/serve_config.yaml`, `rstitch serve` and the
+RayService all call build_app(args)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ray import serve
+from ray.serve.config import RequestRouterConfig
+
+from services.router import Router
+from services.worker import LLMWorker, SLMWorker, WorkerConfig
+
+GRPC_SERVICER = "rstitch.v1.rstitch_pb2_grpc.add_RStitchServicer_to_server"
+GRPC_PORT = 9000
+# Every call of one session must reach the replica holding its KV cache: consistent hashing on
+# the session id, and no fallback replica (a fallback would only rebuild the cache elsewhere).
+SESSION_AFFINITY = RequestRouterConfig(
+    request_router_class="ray.serve.experimental.consistent_hash_router:ConsistentHashRouter",
+    request_router_kwargs={"num_fallback_replicas": 0},
+)
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Serve args (the `args:` of a Serve config). Model sources None = the embedded default pair."""
+
+    slm: str | None = None
+    llm: str | None = None
+    dtype: str = "bfloat16"
+    slm_device: str = "auto"
+    llm_device: str = "auto"
+    slm_num_gpus: float = 0.0  # fractional values let both workers share one GPU
+    llm_num_gpus: float = 0.0
+    slm_num_cpus: float = 0.5
+    llm_num_cpus: float = 0.5
+    router_num_cpus: float = 0.1
+    slm_replicas: int = 1
+    llm_replicas: int = 1
+    llm_autoscaling: dict | None = None  # Serve autoscaling_config for the LLM workers
+    slm_resources: dict | None = None  # custom Ray resources, e.g. {"slm_node": 1} on KubeRay
+    llm_resources: dict | None = None
+    max_sessions: int = 64
+    max_cached_tokens: int = 262_144
+    torch_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("slm_num_gpus", "llm_num_gpus", "slm_num_cpus", "llm_num_cpus", "router_num_cpus"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        for name in ("slm_replicas", "llm_replicas"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any] | None) -> AppConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(args or {}) - known)
+        if unknown:
+            raise ValueError(f"unknown app args {unknown}; accepted: {sorted(known)}")
+        return cls(**(args or {}))
+
+    def worker(self, role: str) -> WorkerConfig:
+        return WorkerConfig(getattr(self, role), self.dtype, getattr(self, f"{role}_device"),
+                            self.max_sessions, self.max_cached_tokens, self.torch_threads)
+
+    def actor_options(self, role: str) -> dict:
+        options = {"num_cpus": getattr(self, f"{role}_num_cpus"), "num_gpus": getattr(self, f"{role}_num_gpus")}
+        if getattr(self, f"{role}_resources"):
+            options["resources"] = dict(getattr(self, f"{role}_resources"))
+        return options
+
+
+def build_app(args: dict[str, Any] | None = None) -> serve.Application:
+    """Router (gRPC ingress) bound to an SLMWorker and an LLMWorker deployment."""
+    cfg = AppConfig.from_args(args)
+    worker_options = dict(max_ongoing_requests=4 * cfg.max_sessions, request_router_config=SESSION_AFFINITY)
+    slm = serve.deployment(SLMWorker, name="SLMWorker", num_replicas=cfg.slm_replicas,
+                           ray_actor_options=cfg.actor_options("slm"), **worker_options)
+    llm_scale = ({"autoscaling_config": cfg.llm_autoscaling} if cfg.llm_autoscaling
+                 else {"num_replicas": cfg.llm_replicas})
+    llm = serve.deployment(LLMWorker, name="LLMWorker", ray_actor_options=cfg.actor_options("llm"),
+                           **llm_scale, **worker_options)
+    router = serve.deployment(Router, name="Router", max_ongoing_requests=1024,
+                              ray_actor_options={"num_cpus": cfg.router_num_cpus})
+    return router.bind(slm.bind(cfg.worker("slm")), llm.bind(cfg.worker("llm")), cfg.slm, cfg.llm)

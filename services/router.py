@@ -1,0 +1,74 @@
+"""The gRPC entry: validates a request, drives it across the workers, streams every token at once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import AsyncIterator
+
+import grpc
+
+from rstitch.v1 import rstitch_pb2 as pb
+from rstitch_core.events import FinishEvent, SwitchEvent, TokenEvent
+from rstitch_core.models.loading import check_tokenizers, load_tokenizer
+from rstitch_core.prompts import check_prompt_ids, encode_prompt
+from rstitch_core.sequence import Sequence
+from services.protocol import finish_response, parse_request, switch_response, tokens_response
+from services.session import RemoteSession
+from services.worker import resolve_model_source
+
+logger = logging.getLogger(__name__)
+
+
+class Router:
+    """Serve ingress for `rstitch.v1.RStitch`; the method name matches the RPC name."""
+
+    def __init__(self, slm, llm, slm_source: str | None, llm_source: str | None):
+        self.handles = {"slm": slm, "llm": llm}
+        slm_tokenizer = load_tokenizer(resolve_model_source(slm_source, "slm"), "slm")
+        self.tokenizer = load_tokenizer(resolve_model_source(llm_source, "llm"), "llm")
+        check_tokenizers(slm_tokenizer, self.tokenizer)  # a mismatched pair never serves a token
+        self._pair: dict | None = None
+        self._pair_lock = asyncio.Lock()
+
+    async def pair_info(self) -> dict:
+        """Stop ids, context window and vocabulary shared by both workers (asked once)."""
+        async with self._pair_lock:
+            if self._pair is None:
+                slm, llm = await asyncio.gather(self.handles["slm"].info.remote(), self.handles["llm"].info.remote())
+                if slm["eos_token_ids"] != llm["eos_token_ids"]:
+                    raise RuntimeError(f"incompatible models: the SLM stops on ids {slm['eos_token_ids']} "
+                                       f"but the LLM on {llm['eos_token_ids']}")
+                self._pair = {"eos_token_ids": frozenset(llm["eos_token_ids"]),
+                              "max_context": min(slm["max_context"], llm["max_context"]),
+                              "vocab_size": min(slm["vocab_size"], llm["vocab_size"])}
+            return self._pair
+
+    async def Generate(self, request: pb.GenerateRequest, grpc_context=None) -> AsyncIterator[pb.GenerateResponse]:
+        """Stream one generation; INVALID_ARGUMENT (naming the field) for a bad request."""
+        pair = await self.pair_info()
+        try:
+            parsed = parse_request(request)
+            ids = encode_prompt(self.tokenizer, parsed.prompt, parsed.messages)
+            check_prompt_ids(ids, pair["max_context"], pair["vocab_size"])
+        except ValueError as err:
+            if grpc_context is None:
+                raise
+            grpc_context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+            grpc_context.set_details(str(err))
+            return
+        rid = parsed.request_id
+        seq = Sequence.create(ids, parsed.sampling, self.tokenizer, pair["eos_token_ids"], pair["max_context"])
+        session = RemoteSession(f"{rid}-{uuid.uuid4().hex[:8]}", seq, parsed.routing, self.handles)
+        try:
+            async for event in session.events():
+                if isinstance(event, TokenEvent):
+                    yield tokens_response(rid, [event])
+                elif isinstance(event, SwitchEvent):
+                    yield switch_response(rid, event)
+                elif isinstance(event, FinishEvent):
+                    yield finish_response(rid, event)
+        finally:
+            # Finished, failed or cancelled (client gone): the workers drop the session's caches.
+            session.release()

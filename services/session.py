@@ -1,0 +1,143 @@
+"""One request driven across the two workers: the policy loop of rstitch_core, one round trip per turn.
+
+The router keeps the authoritative Sequence (text, stop rules, stats); each worker keeps its model's
+KV cache and a mirror of the sequence. Only token ids (and, for sampled speculative decoding, the
+draft distributions) travel; caches never do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator
+
+from rstitch_core.config import Policy
+from rstitch_core.events import Event, ModelStats, Source
+from rstitch_core.policies.speculative import accept
+from rstitch_core.sampling import Sampler
+from rstitch_core.sequence import Sequence
+from services.worker import TurnCall
+
+logger = logging.getLogger(__name__)
+
+# A turn that fails because its replica died is retried this many times; each retry lands on a
+# replica that does not hold the session, which rebuilds it from the token ids.
+MAX_TURN_RETRIES = 3
+
+
+class WorkerLost(Exception):
+    """A worker replica died or became unreachable mid-call."""
+
+
+def _is_replica_failure(err: BaseException) -> bool:
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+    return isinstance(err, (RayActorError, ActorDiedError, ActorUnavailableError))
+
+
+class RemoteSession:
+    """Drives one sequence with `policy` across the SLM and LLM deployment handles."""
+
+    def __init__(self, session_id: str, seq: Sequence, routing, handles: dict[Source, object]):
+        self.session_id = session_id
+        self.seq = seq
+        self.routing = routing
+        # session_id is not propagated downstream by Serve: set it on every worker call so the
+        # consistent-hash request router keeps this session on one replica.
+        self.handles = {m: h.options(session_id=session_id) for m, h in handles.items()}
+        self.trusted: dict[Source, int] = {"slm": 0, "llm": 0}  # cached positions known to match
+        self.called: set[Source] = set()
+        sampler = Sampler(seq.sampling)
+        self.rng_state = None if sampler.greedy else sampler.get_state()
+
+    def events(self) -> AsyncIterator[Event]:
+        if self.routing.policy is Policy.SPECULATIVE:
+            return self._speculate()
+        return self._stitch()
+
+    async def _stitch(self) -> AsyncIterator[Event]:
+        """rstitch_core.policies.stitch.stitch, with each turn run by the model's worker."""
+        active, other = ("llm", "slm") if self.routing.policy is Policy.LLM else ("slm", "llm")
+        while self.seq.running:
+            handoff = False
+            for attempt in range(MAX_TURN_RETRIES + 1):
+                try:
+                    async for item in self.handles[active].options(stream=True).turn.remote(self._call(active)):
+                        if "token" in item:
+                            yield self.seq.append(item["token"], active, item["entropy"])
+                        else:
+                            handoff = self._finish_call(active, item)
+                    break
+                except Exception as err:  # noqa: BLE001 - only replica loss is retried
+                    self._on_failure(active, err, attempt)
+            if handoff:
+                yield self.seq.switch(f"{active}_to_{other}", self.trusted[other])
+                active, other = other, active
+        yield self.seq.finish()
+
+    async def _speculate(self) -> AsyncIterator[Event]:
+        """rstitch_core.policies.speculative.speculate: SLM worker drafts, LLM worker verifies."""
+        while self.seq.running:
+            base = len(self.seq.token_ids)
+            num = min(self.routing.draft_tokens, self.seq.room)
+            drafted = await self._retrying("slm", "draft", num_draft=num)
+            verified = await self._retrying("llm", "verify", draft=drafted["draft"])
+            emitted = accept(self.seq, drafted["draft"], verified["verdict"])
+            # Rejected drafts stay in the workers' caches until their next call crops to `trusted`.
+            kept = min(base + verified["verdict"].accepted, len(self.seq.token_ids))
+            self.trusted = {m: min(n, kept) for m, n in self.trusted.items()}
+            for event in emitted:
+                yield event
+        yield self.seq.finish()
+
+    async def _retrying(self, model: Source, method: str, **extra) -> dict:
+        for attempt in range(MAX_TURN_RETRIES + 1):
+            try:
+                reply = await getattr(self.handles[model], method).remote(self._call(model, **extra))
+                self._finish_call(model, reply)
+                return reply
+            except Exception as err:  # noqa: BLE001 - only replica loss is retried
+                self._on_failure(model, err, attempt)
+        raise AssertionError("unreachable")
+
+    def _call(self, model: Source, **extra) -> TurnCall:
+        seq = self.seq
+        first = model not in self.called
+        self.called.add(model)
+        return TurnCall(self.session_id, list(seq.token_ids), len(seq.prompt_ids), self.trusted[model],
+                        seq.sampling, self.routing, seq.max_context, seq.eos_token_ids, self.rng_state,
+                        first, **extra)
+
+    def _finish_call(self, model: Source, end: dict) -> bool:
+        """Fold a worker's end-of-call report into the request; returns its handoff flag."""
+        self.trusted[model] = end["num_cached"]
+        self.rng_state = end["rng_state"] if end["rng_state"] is not None else self.rng_state
+        stats: ModelStats = self.seq.stats.model(model)
+        for name, value in end["stats"].items():
+            if name != "tokens":  # the router counts emitted tokens itself, as it appends them
+                setattr(stats, name, getattr(stats, name) + value)
+        return end["handoff"]
+
+    def _on_failure(self, model: Source, err: Exception, attempt: int) -> None:
+        if not _is_replica_failure(err) or attempt >= MAX_TURN_RETRIES:
+            raise err
+        logger.warning("session %s: %s worker lost (%s); rebuilding on another replica",
+                       self.session_id, model, type(err).__name__)
+        self.trusted[model] = 0
+
+    def release(self) -> None:
+        """Free the session in both workers, even when the request was cancelled (fire and forget)."""
+        for model, handle in self.handles.items():
+            task = asyncio.ensure_future(_release(handle, self.session_id))
+            _PENDING.add(task)
+            task.add_done_callback(_PENDING.discard)
+
+
+_PENDING: set[asyncio.Future] = set()  # keeps release tasks alive until they finish
+
+
+async def _release(handle, session_id: str) -> None:
+    try:
+        await handle.release.remote(session_id)
+    except Exception as err:  # noqa: BLE001 - a dead replica holds nothing to free
+        logger.info("release of %s failed: %s", session_id, err)

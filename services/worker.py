@@ -1,0 +1,223 @@
+"""SLM and LLM workers: one model each, holding their sessions' KV caches.
+
+A call says "continue session S given these tokens": the worker partially prefills only what its
+cache lacks and runs the core's own turn / draft / verify functions, streaming tokens back as they
+are produced. A session the worker does not hold (evicted, restarted, another replica) is rebuilt
+by prefilling everything: slower but correct, and counted. This module imports no Ray: Serve wraps
+these classes in services/app.py, and tests can drive them directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import AsyncIterator
+
+import torch
+
+from rstitch_core.config import RoutingParams, SamplingParams
+from rstitch_core.events import ModelStats, Source
+from rstitch_core.models.loading import load_model
+from rstitch_core.policies.speculative import Draft, draft, verify
+from rstitch_core.policies.stitch import run_turn
+from rstitch_core.sampling import Sampler
+from rstitch_core.sequence import ModelState, Sequence
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How a worker loads its model and bounds its memory."""
+
+    source: str | None  # None: the embedded default pair's model for this role
+    dtype: str = "bfloat16"
+    device: str = "auto"  # "auto": the GPU Ray assigned this replica, else the CPU
+    max_sessions: int = 64
+    max_cached_tokens: int = 262_144
+    torch_threads: int | None = None  # None: every core this process may use
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_sessions, int) or self.max_sessions < 1:
+            raise ValueError(f"max_sessions must be an integer >= 1, got {self.max_sessions!r}")
+        if not isinstance(self.max_cached_tokens, int) or self.max_cached_tokens < 1:
+            raise ValueError(f"max_cached_tokens must be an integer >= 1, got {self.max_cached_tokens!r}")
+        if self.torch_threads is not None and (not isinstance(self.torch_threads, int) or self.torch_threads < 1):
+            raise ValueError(f"torch_threads must be an integer >= 1, got {self.torch_threads!r}")
+
+
+@dataclass
+class TurnCall:
+    """One round trip from the router: the whole sequence so far and how far our cache is trusted."""
+
+    session_id: str
+    token_ids: list[int]  # prompt + generated so far
+    prompt_len: int
+    keep: int  # leading cached positions known to match token_ids (speculative rollbacks lower it)
+    sampling: SamplingParams
+    routing: RoutingParams
+    max_context: int
+    eos_token_ids: frozenset[int]
+    rng_state: torch.Tensor | None = None  # the request's sampler state (None when greedy)
+    first: bool = True  # the router's first call to this model for the session
+    num_draft: int = 0  # draft(): how many tokens to draft
+    draft: Draft | None = None  # verify(): the SLM's draft
+
+
+@dataclass
+class Session:
+    seq: Sequence  # this worker's mirror of the sequence (text and stop state included)
+    state: ModelState
+    sampler: Sampler
+    busy: bool = False
+
+
+@dataclass
+class WorkerCounters:
+    rebuilds: int = 0
+    evictions: int = 0
+    turns: int = 0
+
+
+class ModelWorker:
+    """Serves one model for many sessions; one forward pass at a time on its own thread."""
+
+    role: Source
+
+    def __init__(self, config: WorkerConfig):
+        self.config = config
+        torch.set_num_threads(config.torch_threads or len(os.sched_getaffinity(0)))
+        device = config.device
+        if device == "auto":
+            device = "cuda:0" if torch.cuda.is_available() else "cpu"
+        self.runner = load_model(resolve_model_source(config.source, self.role), config.dtype, device, name=self.role)
+        self.sessions: OrderedDict[str, Session] = OrderedDict()  # least recently used first
+        self.counters = WorkerCounters()
+        # Forward passes block; running them off the event loop keeps streams, cancellations
+        # and other sessions' calls flowing while a pass runs.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.role}-forward")
+
+    async def info(self) -> dict:
+        """What the router needs to know about this model."""
+        return {"role": self.role, "eos_token_ids": sorted(self.runner.eos_token_ids),
+                "max_context": self.runner.max_context, "vocab_size": self.runner.vocab_size,
+                "device": str(self.runner.device)}
+
+    async def turn(self, call: TurnCall) -> AsyncIterator[dict]:
+        """Decode until this model must hand over or the sequence ends; stream each kept token as
+        {"token", "entropy"} and finish with {"end": True, "handoff", ...} (see _end)."""
+        session, rebuilt = self._checkout(call)
+        try:
+            turn = run_turn(session.seq, session.state, call.routing, session.sampler)
+            while True:
+                done, value = await self._in_thread(_advance, turn)
+                if done:
+                    yield self._end(session, rebuilt, handoff=value)
+                    return
+                yield {"token": value.token_id, "entropy": value.entropy}
+        finally:
+            self._checkin(call.session_id, session)
+
+    async def draft(self, call: TurnCall) -> dict:
+        """Speculative: draft call.num_draft tokens past the sequence."""
+        session, rebuilt = self._checkout(call)
+        try:
+            d = await self._in_thread(draft, session.seq, session.state, session.sampler, call.num_draft)
+            return {**self._end(session, rebuilt), "draft": d}
+        finally:
+            self._checkin(call.session_id, session)
+
+    async def verify(self, call: TurnCall) -> dict:
+        """Speculative: verify call.draft in one pass."""
+        session, rebuilt = self._checkout(call)
+        try:
+            v = await self._in_thread(verify, session.seq, session.state, call.draft, session.sampler)
+            return {**self._end(session, rebuilt), "verdict": v}
+        finally:
+            self._checkin(call.session_id, session)
+
+    async def release(self, session_id: str) -> bool:
+        """Free a session's cache (request finished, failed or cancelled). True if it was held."""
+        return self.sessions.pop(session_id, None) is not None
+
+    async def state(self) -> dict:
+        """Sessions held, cached tokens and counters (for tests and metrics)."""
+        return {"role": self.role, "sessions": len(self.sessions), "cached_tokens": self._cached_tokens(),
+                "session_ids": list(self.sessions), **asdict(self.counters)}
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    def _checkout(self, call: TurnCall) -> tuple[Session, bool]:
+        """The call's session, brought in line with call.token_ids; created or rebuilt if needed."""
+        session = self.sessions.pop(call.session_id, None)
+        mirror_ok = session is not None and call.token_ids[:len(session.seq.token_ids)] == session.seq.token_ids
+        rebuilt = not mirror_ok and not call.first  # the router expected a replica to hold it
+        if not mirror_ok:
+            session = self._new_session(call)
+        session.state.rollback(min(session.state.num_cached, call.keep))
+        session.seq.extend(call.token_ids[len(session.seq.token_ids):])
+        if call.rng_state is not None:
+            session.sampler.set_state(call.rng_state)
+        session.state.stats = ModelStats(rebuilds=int(rebuilt))  # this call's work only
+        session.busy = True
+        self.sessions[call.session_id] = session  # most recently used
+        self.counters.rebuilds += int(rebuilt)
+        self.counters.turns += 1
+        return session, rebuilt
+
+    def _new_session(self, call: TurnCall) -> Session:
+        prompt = call.token_ids[:call.prompt_len]
+        seq = Sequence.create(prompt, call.sampling, self.runner.tokenizer, call.eos_token_ids, call.max_context)
+        return Session(seq, ModelState(self.role, self.runner, ModelStats()), Sampler(call.sampling))
+
+    def _checkin(self, session_id: str, session: Session) -> None:
+        session.busy = False
+        self._evict()
+
+    def _end(self, session: Session, rebuilt: bool, handoff: bool = False) -> dict:
+        return {"end": True, "handoff": handoff, "num_cached": session.state.num_cached,
+                "stats": asdict(session.state.stats), "rebuilt": rebuilt,
+                "rng_state": None if session.sampler.greedy else session.sampler.get_state()}
+
+    def _cached_tokens(self) -> int:
+        return sum(s.state.num_cached for s in self.sessions.values())
+
+    def _evict(self) -> None:
+        """Drop least recently used idle sessions until both limits hold."""
+        while len(self.sessions) > self.config.max_sessions or self._cached_tokens() > self.config.max_cached_tokens:
+            victim = next((sid for sid, s in self.sessions.items() if not s.busy), None)
+            if victim is None:
+                return  # every session is mid-call; they shrink back when released
+            del self.sessions[victim]
+            self.counters.evictions += 1
+
+    async def _in_thread(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+
+def resolve_model_source(source: str | None, role: Source) -> str:
+    """A model source, or for None the embedded default pair's model (assembled on this node)."""
+    if source is not None:
+        return source
+    from rstitch_core.assets import ensure_default_pair
+
+    slm, llm = ensure_default_pair(progress=False)
+    return str(slm if role == "slm" else llm)
+
+
+def _advance(turn) -> tuple[bool, object]:
+    """next() that also returns the generator's return value: (done, event or return value)."""
+    try:
+        return False, next(turn)
+    except StopIteration as stop:
+        return True, stop.value
+
+
+class SLMWorker(ModelWorker):
+    role: Source = "slm"
+
+
+class LLMWorker(ModelWorker):
+    role: Source = "llm"
