@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rstitch_cli import bench, generate
+from rstitch_cli import bench, client, generate, serve
 
 
 class Parser(argparse.ArgumentParser):
@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     generate.add_parser(sub)
     bench.add_parser(sub)
+    client.add_parser(sub)
+    serve.add_parser(sub)
     return parser
 
 

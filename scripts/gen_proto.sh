@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${1:-gen}"
 PY="${PYTHON:-.venv/bin/python}"
+[ -x "$PY" ] || command -v "$PY" >/dev/null || PY=python3
 mkdir -p "$OUT"
 "$PY" -m grpc_tools.protoc -I proto --python_out="$OUT" --grpc_python_out="$OUT" --pyi_out="$OUT" \
     proto/rstitch/v1/rstitch.proto

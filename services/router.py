@@ -55,9 +55,11 @@ class Router:
         except ValueError as err:
             if grpc_context is None:
                 raise
+            # Serve turns an exception raised after set_code into that status (a stream that
+            # simply ends would be reported as OK).
             grpc_context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
             grpc_context.set_details(str(err))
-            return
+            raise
         rid = parsed.request_id
         seq = Sequence.create(ids, parsed.sampling, self.tokenizer, pair["eos_token_ids"], pair["max_context"])
         session = RemoteSession(f"{rid}-{uuid.uuid4().hex[:8]}", seq, parsed.routing, self.handles)

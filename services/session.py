@@ -20,13 +20,10 @@ from services.worker import TurnCall
 
 logger = logging.getLogger(__name__)
 
-# A turn that fails because its replica died is retried this many times; each retry lands on a
-# replica that does not hold the session, which rebuilds it from the token ids.
-MAX_TURN_RETRIES = 3
-
-
-class WorkerLost(Exception):
-    """A worker replica died or became unreachable mid-call."""
+# A call that fails because its replica died is retried, with backoff while Serve notices the loss
+# and reroutes; the replica that takes over rebuilds the session from the token ids.
+MAX_TURN_RETRIES = 6
+RETRY_BACKOFF_S = 0.25
 
 
 def _is_replica_failure(err: BaseException) -> bool:
@@ -69,7 +66,7 @@ class RemoteSession:
                             handoff = self._finish_call(active, item)
                     break
                 except Exception as err:  # noqa: BLE001 - only replica loss is retried
-                    self._on_failure(active, err, attempt)
+                    await self._on_failure(active, err, attempt)
             if handoff:
                 yield self.seq.switch(f"{active}_to_{other}", self.trusted[other])
                 active, other = other, active
@@ -97,7 +94,7 @@ class RemoteSession:
                 self._finish_call(model, reply)
                 return reply
             except Exception as err:  # noqa: BLE001 - only replica loss is retried
-                self._on_failure(model, err, attempt)
+                await self._on_failure(model, err, attempt)
         raise AssertionError("unreachable")
 
     def _call(self, model: Source, **extra) -> TurnCall:
@@ -118,12 +115,13 @@ class RemoteSession:
                 setattr(stats, name, getattr(stats, name) + value)
         return end["handoff"]
 
-    def _on_failure(self, model: Source, err: Exception, attempt: int) -> None:
+    async def _on_failure(self, model: Source, err: Exception, attempt: int) -> None:
         if not _is_replica_failure(err) or attempt >= MAX_TURN_RETRIES:
             raise err
         logger.warning("session %s: %s worker lost (%s); rebuilding on another replica",
                        self.session_id, model, type(err).__name__)
         self.trusted[model] = 0
+        await asyncio.sleep(RETRY_BACKOFF_S * 2 ** attempt)
 
     def release(self) -> None:
         """Free the session in both workers, even when the request was cancelled (fire and forget)."""

@@ -66,6 +66,13 @@ class TurnCall:
     draft: Draft | None = None  # verify(): the SLM's draft
 
 
+_RELEASED_MEMORY = 65_536
+
+
+class SessionReleased(RuntimeError):
+    """A call arrived for a session whose request has already ended."""
+
+
 @dataclass
 class Session:
     seq: Sequence  # this worker's mirror of the sequence (text and stop state included)
@@ -94,6 +101,9 @@ class ModelWorker:
             device = "cuda:0" if torch.cuda.is_available() else "cpu"
         self.runner = load_model(resolve_model_source(config.source, self.role), config.dtype, device, name=self.role)
         self.sessions: OrderedDict[str, Session] = OrderedDict()  # least recently used first
+        # Released ids, remembered so that a call already in flight when its request was cancelled
+        # cannot bring the session back (ids are unique per request; the memory is bounded).
+        self._released: OrderedDict[str, None] = OrderedDict()
         self.counters = WorkerCounters()
         # Forward passes block; running them off the event loop keeps streams, cancellations
         # and other sessions' calls flowing while a pass runs.
@@ -140,17 +150,32 @@ class ModelWorker:
 
     async def release(self, session_id: str) -> bool:
         """Free a session's cache (request finished, failed or cancelled). True if it was held."""
+        self._released[session_id] = None
+        if len(self._released) > _RELEASED_MEMORY:
+            self._released.popitem(last=False)
         return self.sessions.pop(session_id, None) is not None
+
+    async def evict(self, session_id: str) -> bool:
+        """Drop a session's cache as LRU eviction would (its request may go on: the next call
+        rebuilds it). True if it was held and idle."""
+        session = self.sessions.get(session_id)
+        if session is None or session.busy:
+            return False
+        self._drop(session_id)
+        return True
 
     async def state(self) -> dict:
         """Sessions held, cached tokens and counters (for tests and metrics)."""
-        return {"role": self.role, "sessions": len(self.sessions), "cached_tokens": self._cached_tokens(),
-                "session_ids": list(self.sessions), **asdict(self.counters)}
+        return {"role": self.role, "replica": _replica_id(), "sessions": len(self.sessions),
+                "cached_tokens": self._cached_tokens(), "session_ids": list(self.sessions),
+                **asdict(self.counters)}
 
     # -- sessions ----------------------------------------------------------------------------
 
     def _checkout(self, call: TurnCall) -> tuple[Session, bool]:
         """The call's session, brought in line with call.token_ids; created or rebuilt if needed."""
+        if call.session_id in self._released:
+            raise SessionReleased(f"session {call.session_id} was released (its request ended)")
         session = self.sessions.pop(call.session_id, None)
         mirror_ok = session is not None and call.token_ids[:len(session.seq.token_ids)] == session.seq.token_ids
         rebuilt = not mirror_ok and not call.first  # the router expected a replica to hold it
@@ -190,8 +215,11 @@ class ModelWorker:
             victim = next((sid for sid, s in self.sessions.items() if not s.busy), None)
             if victim is None:
                 return  # every session is mid-call; they shrink back when released
-            del self.sessions[victim]
-            self.counters.evictions += 1
+            self._drop(victim)
+
+    def _drop(self, session_id: str) -> None:
+        del self.sessions[session_id]
+        self.counters.evictions += 1
 
     async def _in_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -205,6 +233,15 @@ def resolve_model_source(source: str | None, role: Source) -> str:
 
     slm, llm = ensure_default_pair(progress=False)
     return str(slm if role == "slm" else llm)
+
+
+def _replica_id() -> str | None:
+    try:
+        from ray import serve
+
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # noqa: BLE001 - not running inside a Serve replica
+        return None
 
 
 def _advance(turn) -> tuple[bool, object]:

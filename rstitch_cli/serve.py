@@ -1,0 +1,88 @@
+"""`rstitch serve`: a local Ray cluster running the app; prints the gRPC address; Ctrl-C stops it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+
+import yaml
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve the gRPC API on a local Ray cluster",
+                       description="Start a local Ray cluster and the rstitch Serve app (SLM worker, "
+                       "LLM worker(s), gRPC router). Without --slm/--llm/--config: the embedded default pair.")
+    p.add_argument("--slm", metavar="SRC", help="small model source (folder, .gguf, cached HF id)")
+    p.add_argument("--llm", metavar="SRC", help="large model source")
+    p.add_argument("--config", metavar="YAML", help="a Serve config (e.g. deploy/serve_config.yaml); its app "
+                   "args and gRPC port are used, flags given here override them")
+    p.add_argument("--llm-replicas", type=int, help="LLM worker replicas (default: 1)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default: bfloat16)")
+    p.add_argument("--port", type=int, help="gRPC port (default: 9000)")
+    p.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs for the local Ray cluster")
+    p.add_argument("--num-gpus", type=int, help="GPUs for the local Ray cluster (default: all visible)")
+    p.set_defaults(run=run)
+
+
+def app_settings(args: argparse.Namespace) -> tuple[dict, int]:
+    """(app args, gRPC port) from --config and the flags; ValueError for a bad config."""
+    from services.app import GRPC_PORT
+
+    app_args, port = {}, GRPC_PORT
+    if args.config:
+        try:
+            with open(args.config, encoding="utf-8") as f:
+                config = yaml.safe_load(f)
+        except (OSError, yaml.YAMLError) as err:
+            raise ValueError(f"--config: cannot read {args.config!r}: {err}") from None
+        apps = config.get("applications") or []
+        if len(apps) != 1 or apps[0].get("import_path") != "services.app:build_app":
+            raise ValueError(f"--config: expected one application with import_path services.app:build_app in {args.config!r}")
+        app_args = dict(apps[0].get("args") or {})
+        port = (config.get("grpc_options") or {}).get("port", port)
+    for flag, key in (("slm", "slm"), ("llm", "llm"), ("llm_replicas", "llm_replicas"), ("dtype", "dtype")):
+        if getattr(args, flag) is not None:
+            app_args[key] = getattr(args, flag)
+    if (app_args.get("slm") is None) != (app_args.get("llm") is None):
+        raise ValueError("give both --slm and --llm (or both in the config), or neither for the default pair")
+    if args.port is not None:
+        port = args.port
+    return app_args, port
+
+
+def run(args: argparse.Namespace) -> int:
+    app_args, port = app_settings(args)
+    from services.app import AppConfig
+
+    AppConfig.from_args(app_args)  # bad args fail here, before Ray starts
+    if app_args.get("slm") is None:
+        from rstitch_core.assets import INSTALL_HINT, ensure_default_pair, is_default_pair_installed
+
+        if not is_default_pair_installed():
+            raise ValueError(f"no models given and the embedded default pair is not installed: {INSTALL_HINT}")
+        ensure_default_pair()  # assemble once here, with a progress bar, not silently in a replica
+    import ray
+    from ray import serve
+    from ray.serve.config import gRPCOptions
+
+    from services.app import GRPC_SERVICER, build_app
+
+    ray.init(num_cpus=args.num_cpus, num_gpus=args.num_gpus, include_dashboard=False)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        serve.start(grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[GRPC_SERVICER]))
+        serve.run(build_app(app_args), name="rstitch", route_prefix="/")
+        print(f"rstitch: serving rstitch.v1.RStitch over gRPC on localhost:{port} (Ctrl-C stops)", flush=True)
+        print(f"rstitch: try: rstitch client --address localhost:{port} --prompt 'What is 17 * 23?'", flush=True)
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("rstitch: shutting down", file=sys.stderr, flush=True)
+        serve.shutdown()
+        ray.shutdown()
+    return 0

@@ -1,0 +1,47 @@
+"""One real local Ray cluster per test module: the rstitch Serve app on tiny models, a real gRPC port."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file under $HOME for a test cluster
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(pair_dirs):
+    """(address, app args) of a running app: SLM worker, 2 LLM replicas, gRPC router."""
+    import ray
+    from ray import serve
+    from ray.serve.config import gRPCOptions
+
+    from services.app import GRPC_SERVICER, build_app
+
+    port = free_port()
+    args = {"slm": str(pair_dirs[0]), "llm": str(pair_dirs[1]), "dtype": "float32", "llm_replicas": 2,
+            "slm_num_cpus": 0.4, "llm_num_cpus": 0.4, "torch_threads": 1}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[GRPC_SERVICER]))
+        serve.run(build_app(args), name="rstitch", route_prefix="/")
+        yield f"127.0.0.1:{port}", args
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    from services.client import RStitchClient
+
+    with RStitchClient(service[0]) as c:
+        yield c

@@ -1,0 +1,159 @@
+"""The served system end to end: real Ray cluster, real gRPC channel, tiny models."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+
+from rstitch_core import Generation, RoutingParams, SamplingParams
+
+PROMPT = "Natalia sold clips to 48 of her friends"
+
+
+def local(engine, policy, n=40, **kw):
+    return Generation.collect(engine.generate(PROMPT, sampling=SamplingParams(max_new_tokens=n),
+                                              routing=RoutingParams(policy=policy, threshold=0.5, **kw))).to_dict()
+
+
+def served(client, policy, n=40, **kw):
+    return client.generate_result(prompt=PROMPT, sampling=SamplingParams(max_new_tokens=n),
+                                  routing=RoutingParams(policy=policy, threshold=0.5, **kw))
+
+
+def worker_states(deployment: str, probes: int = 24) -> dict[str, dict]:
+    """state() of every replica of a worker deployment, keyed by replica id (hashing spreads probes)."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle(deployment, "rstitch")
+
+    async def probe():
+        return await asyncio.gather(*(handle.options(session_id=f"probe-{i}").state.remote() for i in range(probes)))
+
+    return {s["replica"]: s for s in asyncio.run(probe())}
+
+
+@pytest.mark.parametrize("policy", ["rstitch", "llm", "slm", "speculative"])
+def test_grpc_stream_equals_the_in_process_engine(client, engine, policy):
+    got, want = served(client, policy), local(engine, policy)
+    assert got["token_ids"] == want["token_ids"] and got["sources"] == want["sources"]
+    assert got["text"] == want["text"] and got["finish_reason"] == want["finish_reason"]
+    assert got["entropies"] == pytest.approx(want["entropies"], abs=1e-5)
+    g, w = got["stats"], want["stats"]
+    for key in ("switches_slm_to_llm", "switches_llm_to_slm", "discarded_tokens", "drafted_tokens", "accepted_tokens"):
+        assert g[key] == w[key], key
+    for model in ("slm", "llm"):
+        for key in ("tokens", "forward_passes", "forward_tokens", "prefill_tokens"):
+            assert g[model][key] == w[model][key], (model, key)
+        assert g[model]["rebuilds"] == 0
+    if policy == "rstitch":
+        assert g["switches_slm_to_llm"] > 0 and g["switches_llm_to_slm"] > 0
+
+
+def test_tokens_stream_before_the_request_finishes(client):
+    start, arrivals = time.perf_counter(), []
+    for response in client.generate(prompt=PROMPT, sampling=SamplingParams(max_new_tokens=120),
+                                    routing=RoutingParams(policy="rstitch", threshold=0.5)):
+        arrivals.append((response.WhichOneof("event"), time.perf_counter() - start))
+    tokens = [t for kind, t in arrivals if kind == "tokens"]
+    finished = arrivals[-1][1]
+    assert arrivals[-1][0] == "finish" and len(tokens) >= 20
+    # Real streaming: the first token arrives well before the end, and arrivals are spread out.
+    assert tokens[0] < 0.5 * finished
+    assert tokens[len(tokens) // 2] < finished - 0.1 * (finished - tokens[0])
+
+
+def test_each_session_sticks_to_one_llm_replica_and_sessions_spread(client):
+    before = worker_states("LLMWorker")
+    assert len(before) == 2
+    results = [served(client, "rstitch", n=30) for _ in range(8)]
+    assert all(r["stats"]["switches_slm_to_llm"] >= 2 for r in results)
+    # A turn on a replica that does not hold the session would have to rebuild it.
+    assert all(r["stats"]["llm"]["rebuilds"] == 0 for r in results)
+    after = worker_states("LLMWorker")
+    assert all(after[r]["turns"] > before[r]["turns"] for r in after)  # both replicas served sessions
+    assert sum(after[r]["rebuilds"] for r in after) == sum(before[r]["rebuilds"] for r in before)
+
+
+def test_a_session_evicted_mid_request_is_rebuilt_with_identical_output(client, engine):
+    from ray import serve
+
+    llm = serve.get_deployment_handle("LLMWorker", "rstitch")
+    want = local(engine, "rstitch", n=60)
+    stream = client.generate(prompt=PROMPT, sampling=SamplingParams(max_new_tokens=60),
+                             routing=RoutingParams(policy="rstitch", threshold=0.5))
+    responses, evicted = [], False
+    for response in stream:
+        responses.append(response)
+        if not evicted and response.WhichOneof("event") == "switch_event":
+            # Drop every session the LLM replicas hold, as an LRU eviction would.
+            for state in worker_states("LLMWorker").values():
+                for sid in state["session_ids"]:
+                    evicted |= llm.options(session_id=sid).evict.remote(sid).result()
+    from services.protocol import collect_responses
+
+    got = collect_responses(responses)
+    assert evicted and got["stats"]["llm"]["rebuilds"] >= 1
+    assert got["token_ids"] == want["token_ids"] and got["sources"] == want["sources"]
+
+
+def test_cancelling_a_stream_frees_the_session_in_both_workers(client):
+    stream = client.generate(prompt=PROMPT, sampling=SamplingParams(max_new_tokens=400),
+                             routing=RoutingParams(policy="rstitch", threshold=0.5))
+    for i, _ in enumerate(stream):
+        if i == 10:
+            break
+    held = {d: sum(s["sessions"] for s in worker_states(d).values()) for d in ("SLMWorker", "LLMWorker")}
+    assert sum(held.values()) >= 1
+    stream.cancel()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        held = {d: sum(s["sessions"] for s in worker_states(d).values()) for d in ("SLMWorker", "LLMWorker")}
+        if not any(held.values()):
+            break
+        time.sleep(0.1)
+    assert held == {"SLMWorker": 0, "LLMWorker": 0}
+
+
+def test_bad_requests_are_invalid_argument_and_the_service_keeps_serving(client, service):
+    import rstitch.v1.rstitch_pb2 as pb
+    import rstitch.v1.rstitch_pb2_grpc as pb_grpc
+
+    channel = grpc.insecure_channel(service[0])
+    stub = pb_grpc.RStitchStub(channel)
+    bad = [pb.GenerateRequest(prompt=""), pb.GenerateRequest(prompt="x", sampling=pb.SamplingParams(max_new_tokens=0)),
+           pb.GenerateRequest(prompt="x", routing=pb.RoutingParams(threshold=float("nan"))),
+           pb.GenerateRequest(prompt="x", routing=pb.RoutingParams(policy=9)),
+           pb.GenerateRequest(prompt="the quick brown fox " * 400)]
+    for request in bad:
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.Generate(request))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        assert err.value.details()
+    channel.close()
+    assert served(client, "llm", n=5)["finish_reason"] in ("length", "eos")
+
+
+def test_losing_the_llm_replica_mid_request_continues_on_another(client, engine):
+    """Runs last in this module: it kills a replica (Serve starts a replacement)."""
+    import ray
+
+    want = local(engine, "rstitch", n=60)
+    stream = client.generate(prompt=PROMPT, sampling=SamplingParams(max_new_tokens=60),
+                             routing=RoutingParams(policy="rstitch", threshold=0.5))
+    responses, killed = [], None
+    for response in stream:
+        responses.append(response)
+        if killed is None and response.WhichOneof("event") == "switch_event":
+            holder = next(r for r, s in worker_states("LLMWorker").items() if s["session_ids"])
+            actor = next(a for a in ray.util.list_named_actors(all_namespaces=True)
+                         if "LLMWorker" in a["name"] and a["name"].endswith(holder))
+            ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
+            killed = holder
+    from services.protocol import collect_responses
+
+    got = collect_responses(responses)
+    assert killed and got["stats"]["llm"]["rebuilds"] >= 1
+    assert got["token_ids"] == want["token_ids"] and got["sources"] == want["sources"]
