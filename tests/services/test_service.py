@@ -136,6 +136,25 @@ def test_bad_requests_are_invalid_argument_and_the_service_keeps_serving(client,
     assert served(client, "llm", n=5)["finish_reason"] in ("length", "eos")
 
 
+
+def test_server_reflection_lists_and_describes_the_service(service):
+    """What `grpcurl -plaintext HOST:9000 list` and `describe rstitch.v1.RStitch` ask for."""
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2 as rpb
+    from grpc_reflection.v1alpha import reflection_pb2_grpc as rgrpc
+
+    with grpc.insecure_channel(service[0]) as channel:
+        stub = rgrpc.ServerReflectionStub(channel)
+        requests = [rpb.ServerReflectionRequest(list_services=""),
+                    rpb.ServerReflectionRequest(file_containing_symbol="rstitch.v1.RStitch")]
+        listed, described = list(stub.ServerReflectionInfo(iter(requests)))
+    assert "rstitch.v1.RStitch" in {s.name for s in listed.list_services_response.service}
+    files = [descriptor_pb2.FileDescriptorProto.FromString(b)
+             for b in described.file_descriptor_response.file_descriptor_proto]
+    service_desc = next(s for f in files if f.package == "rstitch.v1" for s in f.service)
+    method = service_desc.method[0]
+    assert (method.name, method.server_streaming) == ("Generate", True)
+
 def test_losing_the_llm_replica_mid_request_continues_on_another(client, engine):
     """Runs last in this module: it kills a replica (Serve starts a replacement)."""
     import ray

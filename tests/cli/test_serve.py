@@ -1,0 +1,52 @@
+"""`rstitch serve` settings and the shipped Serve config (no cluster is started here)."""
+
+import argparse
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rstitch_cli.serve import app_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "deploy" / "serve_config.yaml"
+
+
+def ns(**kw):
+    base = dict(slm=None, llm=None, config=None, llm_replicas=None, dtype=None, port=None)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_flags_override_the_config():
+    args, port = app_settings(ns(config=str(CONFIG), slm="a", llm="b", llm_replicas=3, port=9100))
+    assert (args["slm"], args["llm"], args["llm_replicas"], port) == ("a", "b", 3, 9100)
+    args, port = app_settings(ns(config=str(CONFIG)))
+    assert port == 9000 and args["dtype"] == "bfloat16" and "slm" not in args
+
+
+def test_bad_settings_are_value_errors(tmp_path):
+    with pytest.raises(ValueError, match="give both --slm and --llm"):
+        app_settings(ns(slm="a"))
+    with pytest.raises(ValueError, match="cannot read"):
+        app_settings(ns(config=str(tmp_path / "missing.yaml")))
+    other = tmp_path / "other.yaml"
+    other.write_text("applications: [{import_path: x:y}]")
+    with pytest.raises(ValueError, match="import_path services.app:build_app"):
+        app_settings(ns(config=str(other)))
+
+
+def test_shipped_config_validates_and_builds():
+    from ray.serve.schema import ServeDeploySchema
+
+    from services.app import GRPC_SERVICER, AppConfig, build_app
+
+    config = yaml.safe_load(CONFIG.read_text())
+    schema = ServeDeploySchema.model_validate(config)
+    assert schema.grpc_options.grpc_servicer_functions == [GRPC_SERVICER]
+    app = schema.applications[0]
+    AppConfig.from_args(app.args)
+    assert build_app({**app.args, "slm": "x", "llm": "y"}) is not None  # binding loads nothing yet
+    with pytest.raises(ValueError, match="unknown app args \\['bogus'\\]"):
+        AppConfig.from_args({"bogus": 1})
+    with pytest.raises(ValueError, match="llm_replicas must be an integer >= 1, got 0"):
+        AppConfig.from_args({"llm_replicas": 0})
