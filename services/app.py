@@ -3,6 +3,7 @@ RayService all call build_app(args)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -44,8 +45,12 @@ class AppConfig:
     max_sessions: int = 64
     max_cached_tokens: int = 262_144
     torch_threads: int | None = None
+    default_threshold: float = 0.02  # tau for requests that leave routing.threshold unset
 
     def __post_init__(self) -> None:
+        tau = self.default_threshold
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or not 0 <= tau <= 1:
+            raise ValueError(f"default_threshold must be a number in [0, 1], got {tau!r}")
         for name in ("slm_num_gpus", "llm_num_gpus", "slm_num_cpus", "llm_num_cpus", "router_num_cpus"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
@@ -86,4 +91,5 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
                            **llm_scale, **worker_options)
     router = serve.deployment(Router, name="Router", max_ongoing_requests=1024,
                               ray_actor_options={"num_cpus": cfg.router_num_cpus})
-    return router.bind(slm.bind(cfg.worker("slm")), llm.bind(cfg.worker("llm")), cfg.slm, cfg.llm)
+    return router.bind(slm.bind(cfg.worker("slm")), llm.bind(cfg.worker("llm")), cfg.slm, cfg.llm,
+                       cfg.default_threshold)

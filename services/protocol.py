@@ -45,15 +45,16 @@ class ParsedRequest:
 
 # ---- requests ---------------------------------------------------------------------------------
 
-def parse_request(req: pb.GenerateRequest) -> ParsedRequest:
-    """Validate a request and fill unset optional fields with the core defaults.
+def parse_request(req: pb.GenerateRequest, default_threshold: float | None = None) -> ParsedRequest:
+    """Validate a request and fill unset optional fields with the core defaults
+    (an unset routing.threshold with `default_threshold` when given: the server's tau).
 
     Raises ValueError whose message starts with the field path, e.g.
     "sampling.max_new_tokens must be an integer >= 1, got 0" (servers answer INVALID_ARGUMENT).
     """
     prompt, messages = _parse_input(req)
-    return ParsedRequest(prompt, messages, _parse_sampling(req.sampling), _parse_routing(req.routing),
-                         req.request_id or uuid.uuid4().hex)
+    return ParsedRequest(prompt, messages, _parse_sampling(req.sampling),
+                         _parse_routing(req.routing, default_threshold), req.request_id or uuid.uuid4().hex)
 
 
 def _parse_input(req: pb.GenerateRequest) -> tuple[str | None, list[dict] | None]:
@@ -83,14 +84,15 @@ def _parse_sampling(s: pb.SamplingParams) -> SamplingParams:
         stop=tuple(s.stop)))
 
 
-def _parse_routing(r: pb.RoutingParams) -> RoutingParams:
+def _parse_routing(r: pb.RoutingParams, default_threshold: float | None) -> RoutingParams:
     if r.policy not in POLICIES:
         accepted = ", ".join(f"{n} ({pb.Policy.Name(n)})" for n in POLICIES)
         raise ValueError(f"routing.policy: unknown value {r.policy}; accepted: {accepted}")
     d = RoutingParams()
     return _prefixed("routing.", lambda: RoutingParams(
         policy=POLICIES[r.policy],
-        threshold=_float32(r.threshold) if r.HasField("threshold") else d.threshold,
+        threshold=(_float32(r.threshold) if r.HasField("threshold")
+                   else d.threshold if default_threshold is None else default_threshold),
         draft_tokens=r.draft_tokens if r.HasField("draft_tokens") else d.draft_tokens))
 
 

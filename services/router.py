@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from typing import AsyncIterator
 
@@ -14,6 +15,7 @@ from rstitch_core.events import FinishEvent, SwitchEvent, TokenEvent
 from rstitch_core.models.loading import check_tokenizers, load_tokenizer
 from rstitch_core.prompts import check_prompt_ids, encode_prompt
 from rstitch_core.sequence import Sequence
+from services.metrics import CANCELLED, ERROR, INVALID, RouterMetrics
 from services.protocol import finish_response, parse_request, switch_response, tokens_response
 from services.session import RemoteSession
 from services.worker import resolve_model_source
@@ -24,11 +26,13 @@ logger = logging.getLogger(__name__)
 class Router:
     """Serve ingress for `rstitch.v1.RStitch`; the method name matches the RPC name."""
 
-    def __init__(self, slm, llm, slm_source: str | None, llm_source: str | None):
+    def __init__(self, slm, llm, slm_source: str | None, llm_source: str | None, default_threshold: float = 0.02):
         self.handles = {"slm": slm, "llm": llm}
+        self.default_threshold = default_threshold  # tau when a request leaves routing.threshold unset
         slm_tokenizer = load_tokenizer(resolve_model_source(slm_source, "slm"), "slm")
         self.tokenizer = load_tokenizer(resolve_model_source(llm_source, "llm"), "llm")
         check_tokenizers(slm_tokenizer, self.tokenizer)  # a mismatched pair never serves a token
+        self.metrics = RouterMetrics()
         self._pair: dict | None = None
         self._pair_lock = asyncio.Lock()
 
@@ -47,12 +51,14 @@ class Router:
 
     async def Generate(self, request: pb.GenerateRequest, grpc_context=None) -> AsyncIterator[pb.GenerateResponse]:
         """Stream one generation; INVALID_ARGUMENT (naming the field) for a bad request."""
+        started = time.perf_counter()
         pair = await self.pair_info()
         try:
-            parsed = parse_request(request)
+            parsed = parse_request(request, self.default_threshold)
             ids = encode_prompt(self.tokenizer, parsed.prompt, parsed.messages)
             check_prompt_ids(ids, pair["max_context"], pair["vocab_size"])
         except ValueError as err:
+            self.metrics.request("unknown").close(INVALID, time.perf_counter() - started)
             if grpc_context is None:
                 raise
             # Serve turns an exception raised after set_code into that status (a stream that
@@ -63,14 +69,24 @@ class Router:
         rid = parsed.request_id
         seq = Sequence.create(ids, parsed.sampling, self.tokenizer, pair["eos_token_ids"], pair["max_context"])
         session = RemoteSession(f"{rid}-{uuid.uuid4().hex[:8]}", seq, parsed.routing, self.handles)
+        record = self.metrics.request(parsed.routing.policy.value)
         try:
             async for event in session.events():
                 if isinstance(event, TokenEvent):
+                    record.token(event, time.perf_counter())
                     yield tokens_response(rid, [event])
                 elif isinstance(event, SwitchEvent):
+                    record.switch(event)
                     yield switch_response(rid, event)
                 elif isinstance(event, FinishEvent):
+                    record.finish(event)
                     yield finish_response(rid, event)
+        except asyncio.CancelledError:
+            record.close(CANCELLED, time.perf_counter() - started)
+            raise
+        except Exception:
+            record.close(ERROR, time.perf_counter() - started)
+            raise
         finally:
             # Finished, failed or cancelled (client gone): the workers drop the session's caches.
             session.release()

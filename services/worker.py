@@ -26,6 +26,7 @@ from rstitch_core.policies.speculative import Draft, draft, verify
 from rstitch_core.policies.stitch import run_turn
 from rstitch_core.sampling import Sampler
 from rstitch_core.sequence import ModelState, Sequence
+from services.metrics import WorkerMetrics
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class ModelWorker:
         # cannot bring the session back (ids are unique per request; the memory is bounded).
         self._released: OrderedDict[str, None] = OrderedDict()
         self.counters = WorkerCounters()
+        self.metrics = WorkerMetrics(self.role)
         # Forward passes block; running them off the event loop keeps streams, cancellations
         # and other sessions' calls flowing while a pass runs.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.role}-forward")
@@ -153,7 +155,9 @@ class ModelWorker:
         self._released[session_id] = None
         if len(self._released) > _RELEASED_MEMORY:
             self._released.popitem(last=False)
-        return self.sessions.pop(session_id, None) is not None
+        held = self.sessions.pop(session_id, None) is not None
+        self._report()
+        return held
 
     async def evict(self, session_id: str) -> bool:
         """Drop a session's cache as LRU eviction would (its request may go on: the next call
@@ -190,6 +194,7 @@ class ModelWorker:
         self.sessions[call.session_id] = session  # most recently used
         self.counters.rebuilds += int(rebuilt)
         self.counters.turns += 1
+        self._report()
         return session, rebuilt
 
     def _new_session(self, call: TurnCall) -> Session:
@@ -200,8 +205,13 @@ class ModelWorker:
     def _checkin(self, session_id: str, session: Session) -> None:
         session.busy = False
         self._evict()
+        self._report()
+
+    def _report(self) -> None:
+        self.metrics.state(len(self.sessions), self._cached_tokens())
 
     def _end(self, session: Session, rebuilt: bool, handoff: bool = False) -> dict:
+        self.metrics.call(session.state.stats.prefill_tokens, rebuilt)
         return {"end": True, "handoff": handoff, "num_cached": session.state.num_cached,
                 "stats": asdict(session.state.stats), "rebuilt": rebuilt,
                 "rng_state": None if session.sampler.greedy else session.sampler.get_state()}
@@ -220,6 +230,8 @@ class ModelWorker:
     def _drop(self, session_id: str) -> None:
         del self.sessions[session_id]
         self.counters.evictions += 1
+        self.metrics.evicted()
+        self._report()
 
     async def _in_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

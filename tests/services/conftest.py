@@ -19,7 +19,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def service(pair_dirs):
-    """(address, app args) of a running app: SLM worker, 2 LLM replicas, gRPC router."""
+    """(gRPC address, app args, metrics URL) of a running app: SLM worker, 2 LLM replicas, router."""
     import ray
     from ray import serve
     from ray.serve.config import gRPCOptions
@@ -29,11 +29,14 @@ def service(pair_dirs):
     port = free_port()
     args = {"slm": str(pair_dirs[0]), "llm": str(pair_dirs[1]), "dtype": "float32", "llm_replicas": 2,
             "slm_num_cpus": 0.4, "llm_num_cpus": 0.4, "torch_threads": 1}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    metrics_port = free_port()
+    # Metrics reach the node's exporter on Ray's report interval (>= 1 s): keep it short.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port,
+             _system_config={"metrics_report_interval_ms": 1000})
     try:
         serve.start(grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[GRPC_SERVICER]))
         serve.run(build_app(args), name="rstitch", route_prefix="/")
-        yield f"127.0.0.1:{port}", args
+        yield f"127.0.0.1:{port}", args, f"http://127.0.0.1:{metrics_port}/metrics"
     finally:
         serve.shutdown()
         ray.shutdown()

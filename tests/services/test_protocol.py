@@ -71,6 +71,13 @@ def test_policy_enum(enum, policy):
     assert parse_request(request(routing=pb.RoutingParams(policy=enum))).routing.policy is policy
 
 
+def test_the_servers_default_threshold_fills_only_an_unset_threshold():
+    assert parse_request(request(), default_threshold=0.1).routing.threshold == 0.1
+    assert parse_request(request(), default_threshold=None).routing.threshold == RoutingParams().threshold
+    explicit = request(routing=pb.RoutingParams(threshold=0.0))  # set to 0: not "unset"
+    assert parse_request(explicit, default_threshold=0.1).routing.threshold == 0.0
+
+
 def test_build_then_parse_round_trips_the_dataclasses():
     sampling = SamplingParams(max_new_tokens=7, temperature=0.7, top_p=0.9, top_k=5, seed=2**63 - 1, stop=("\n\n", "##"))
     routing = RoutingParams(policy="speculative", threshold=0.02, draft_tokens=64)
