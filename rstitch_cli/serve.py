@@ -24,6 +24,8 @@ def add_parser(sub) -> None:
     p.add_argument("--port", type=int, help="gRPC port (default: 9000)")
     p.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs for the local Ray cluster")
     p.add_argument("--num-gpus", type=int, help="GPUs for the local Ray cluster (default: all visible)")
+    p.add_argument("--metrics-port", type=int, default=8080,
+                   help="Ray's Prometheus metrics export port on this node (default: %(default)s)")
     p.set_defaults(run=run)
 
 
@@ -70,13 +72,16 @@ def run(args: argparse.Namespace) -> int:
 
     from services.app import GRPC_SERVICER, build_app
 
-    ray.init(num_cpus=args.num_cpus, num_gpus=args.num_gpus, include_dashboard=False)
+    ray.init(num_cpus=args.num_cpus, num_gpus=args.num_gpus, include_dashboard=False,
+             _metrics_export_port=args.metrics_port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         serve.start(grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[GRPC_SERVICER]))
         serve.run(build_app(app_args), name="rstitch", route_prefix="/")
         print(f"rstitch: serving rstitch.v1.RStitch over gRPC on localhost:{port} (Ctrl-C stops)", flush=True)
+        print(f"rstitch: Prometheus metrics (ray_rstitch_*, ray_serve_*) at http://127.0.0.1:{args.metrics_port}/metrics "
+              "(scrape config: deploy/prometheus/prometheus.yml)", flush=True)
         print(f"rstitch: try: rstitch client --address localhost:{port} --prompt 'What is 17 * 23?'", flush=True)
         stop.wait()
     except KeyboardInterrupt:

@@ -13,7 +13,7 @@ CONFIG = ROOT / "deploy" / "serve_config.yaml"
 
 
 def ns(**kw):
-    base = dict(slm=None, llm=None, config=None, llm_replicas=None, dtype=None, port=None)
+    base = dict(slm=None, llm=None, config=None, llm_replicas=None, dtype=None, port=None, metrics_port=8080)
     return argparse.Namespace(**{**base, **kw})
 
 

@@ -48,3 +48,4 @@ def client(service):
 
     with RStitchClient(service[0]) as c:
         yield c
+

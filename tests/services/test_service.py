@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import grpc
 import pytest
 
 from rstitch_core import Generation, RoutingParams, SamplingParams
+from serving import evict_llm_sessions, worker_states
 
 PROMPT = "Natalia sold clips to 48 of her friends"
 
@@ -21,18 +21,6 @@ def local(engine, policy, n=40, **kw):
 def served(client, policy, n=40, **kw):
     return client.generate_result(prompt=PROMPT, sampling=SamplingParams(max_new_tokens=n),
                                   routing=RoutingParams(policy=policy, threshold=0.5, **kw))
-
-
-def worker_states(deployment: str, probes: int = 24) -> dict[str, dict]:
-    """state() of every replica of a worker deployment, keyed by replica id (hashing spreads probes)."""
-    from ray import serve
-
-    handle = serve.get_deployment_handle(deployment, "rstitch")
-
-    async def probe():
-        return await asyncio.gather(*(handle.options(session_id=f"probe-{i}").state.remote() for i in range(probes)))
-
-    return {s["replica"]: s for s in asyncio.run(probe())}
 
 
 @pytest.mark.parametrize("policy", ["rstitch", "llm", "slm", "speculative"])
@@ -78,9 +66,6 @@ def test_each_session_sticks_to_one_llm_replica_and_sessions_spread(client):
 
 
 def test_a_session_evicted_mid_request_is_rebuilt_with_identical_output(client, engine):
-    from ray import serve
-
-    llm = serve.get_deployment_handle("LLMWorker", "rstitch")
     want = local(engine, "rstitch", n=60)
     stream = client.generate(prompt=PROMPT, sampling=SamplingParams(max_new_tokens=60),
                              routing=RoutingParams(policy="rstitch", threshold=0.5))
@@ -88,10 +73,7 @@ def test_a_session_evicted_mid_request_is_rebuilt_with_identical_output(client, 
     for response in stream:
         responses.append(response)
         if not evicted and response.WhichOneof("event") == "switch_event":
-            # Drop every session the LLM replicas hold, as an LRU eviction would.
-            for state in worker_states("LLMWorker").values():
-                for sid in state["session_ids"]:
-                    evicted |= llm.options(session_id=sid).evict.remote(sid).result()
+            evicted |= evict_llm_sessions()
     from services.protocol import collect_responses
 
     got = collect_responses(responses)

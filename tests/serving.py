@@ -1,0 +1,29 @@
+"""Helpers for tests that run against the served app (tests/services): reach the worker replicas."""
+
+from __future__ import annotations
+
+
+def worker_states(deployment: str, probes: int = 24) -> dict[str, dict]:
+    """state() of every replica of a worker deployment, keyed by replica id (hashing spreads probes)."""
+    import asyncio
+
+    from ray import serve
+
+    handle = serve.get_deployment_handle(deployment, "rstitch")
+
+    async def probe():
+        return await asyncio.gather(*(handle.options(session_id=f"probe-{i}").state.remote() for i in range(probes)))
+
+    return {s["replica"]: s for s in asyncio.run(probe())}
+
+
+def evict_llm_sessions() -> bool:
+    """Drop every idle session the LLM replicas hold, as LRU eviction would. True if any was."""
+    from ray import serve
+
+    llm = serve.get_deployment_handle("LLMWorker", "rstitch")
+    evicted = False
+    for state in worker_states("LLMWorker").values():
+        for sid in state["session_ids"]:
+            evicted |= llm.options(session_id=sid).evict.remote(sid).result()
+    return evicted
