@@ -13,7 +13,9 @@ from ray.serve.config import RequestRouterConfig
 from services.router import Router
 from services.worker import LLMWorker, SLMWorker, WorkerConfig
 
-GRPC_SERVICER = "rstitch.v1.rstitch_pb2_grpc.add_RStitchServicer_to_server"
+# Like the generated rstitch.v1.rstitch_pb2_grpc function, but unparseable requests reach the router
+# (which answers INVALID_ARGUMENT) instead of failing as INTERNAL in the gRPC layer.
+GRPC_SERVICER = "services.grpc_api.add_RStitchServicer_to_server"
 GRPC_PORT = 9000
 # Every call of one session must reach the replica holding its KV cache: consistent hashing on
 # the session id, and no fallback replica (a fallback would only rebuild the cache elsewhere).
@@ -43,6 +45,7 @@ class AppConfig:
     slm_resources: dict | None = None  # custom Ray resources, e.g. {"slm_node": 1} on KubeRay
     llm_resources: dict | None = None
     max_sessions: int = 64
+    max_concurrent_requests: int = 64  # per router replica; beyond it RESOURCE_EXHAUSTED
     max_cached_tokens: int = 262_144
     torch_threads: int | None = None
     default_threshold: float = 0.02  # tau for requests that leave routing.threshold unset
@@ -55,7 +58,7 @@ class AppConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        for name in ("slm_replicas", "llm_replicas"):
+        for name in ("slm_replicas", "llm_replicas", "max_sessions", "max_concurrent_requests", "max_cached_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -89,7 +92,9 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
                  else {"num_replicas": cfg.llm_replicas})
     llm = serve.deployment(LLMWorker, name="LLMWorker", ray_actor_options=cfg.actor_options("llm"),
                            **llm_scale, **worker_options)
-    router = serve.deployment(Router, name="Router", max_ongoing_requests=1024,
+    # Serve's own queue admits more than the router runs, so excess requests get a clear
+    # RESOURCE_EXHAUSTED from the router instead of waiting in a queue.
+    router = serve.deployment(Router, name="Router", max_ongoing_requests=2 * cfg.max_concurrent_requests,
                               ray_actor_options={"num_cpus": cfg.router_num_cpus})
     return router.bind(slm.bind(cfg.worker("slm")), llm.bind(cfg.worker("llm")), cfg.slm, cfg.llm,
-                       cfg.default_threshold)
+                       cfg.default_threshold, cfg.max_concurrent_requests)

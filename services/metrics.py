@@ -23,7 +23,7 @@ DURATION_BUCKETS = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800]
 SHARE_BUCKETS = [0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
 
 # Outcomes of a request besides the finish reasons eos / stop / length / context.
-INVALID, CANCELLED, ERROR = "invalid_argument", "cancelled", "error"
+INVALID, BUSY, CANCELLED, ERROR = "invalid_argument", "resource_exhausted", "cancelled", "error"
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class MetricSpec:
 ROUTER_METRICS = {
     "rstitch_tokens": MetricSpec("counter", "Tokens emitted, by the model that wrote them.", ("model",)),
     "rstitch_requests": MetricSpec("counter", "Requests by policy and outcome (a finish reason, "
-                                   "invalid_argument, cancelled or error).", ("policy", "outcome")),
+                                   "invalid_argument, resource_exhausted, cancelled or error).", ("policy", "outcome")),
     "rstitch_switches": MetricSpec("counter", "Switches between the models.", ("direction",)),
     "rstitch_discarded_tokens": MetricSpec("counter", "SLM tokens discarded at SLM -> LLM switches."),
     "rstitch_speculative_drafted_tokens": MetricSpec("counter", "Speculative draft tokens the SLM proposed."),

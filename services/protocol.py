@@ -52,9 +52,39 @@ def parse_request(req: pb.GenerateRequest, default_threshold: float | None = Non
     Raises ValueError whose message starts with the field path, e.g.
     "sampling.max_new_tokens must be an integer >= 1, got 0" (servers answer INVALID_ARGUMENT).
     """
+    if isinstance(req, MalformedRequest):
+        raise ValueError(f"request: {req.error}")
+    _reject_unknown_fields(req, "")
     prompt, messages = _parse_input(req)
     return ParsedRequest(prompt, messages, _parse_sampling(req.sampling),
                          _parse_routing(req.routing, default_threshold), req.request_id or uuid.uuid4().hex)
+
+
+@dataclass(frozen=True)
+class MalformedRequest:
+    """Stands in for a GenerateRequest whose bytes did not parse, so the router can answer
+    INVALID_ARGUMENT instead of the gRPC layer's INTERNAL (see services.grpc_api)."""
+
+    error: str
+
+
+def _reject_unknown_fields(message, path: str) -> None:
+    """A field this API does not define, or one sent with the wrong wire type (which protobuf
+    keeps aside as unknown), is a client bug: name it rather than silently ignore it."""
+    from google.protobuf import unknown_fields
+
+    for field in unknown_fields.UnknownFieldSet(message):
+        known = message.DESCRIPTOR.fields_by_number.get(field.field_number)
+        what = (f"{path}{known.name} (field {field.field_number}) has the wrong wire type {field.wire_type}"
+                if known else f"{path or 'request'}: unknown field number {field.field_number}")
+        raise ValueError(what)
+    for descriptor, value in message.ListFields():
+        if descriptor.message_type is None:
+            continue
+        items = value if descriptor.is_repeated else [value]
+        for i, item in enumerate(items):
+            index = f"[{i}]" if descriptor.is_repeated else ""
+            _reject_unknown_fields(item, f"{path}{descriptor.name}{index}.")
 
 
 def _parse_input(req: pb.GenerateRequest) -> tuple[str | None, list[dict] | None]:

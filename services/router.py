@@ -15,10 +15,10 @@ from rstitch_core.events import FinishEvent, SwitchEvent, TokenEvent
 from rstitch_core.models.loading import check_tokenizers, load_tokenizer
 from rstitch_core.prompts import check_prompt_ids, encode_prompt
 from rstitch_core.sequence import Sequence
-from services.metrics import CANCELLED, ERROR, INVALID, RouterMetrics
+from services.metrics import BUSY, CANCELLED, ERROR, INVALID, RouterMetrics
 from services.protocol import finish_response, parse_request, switch_response, tokens_response
 from services.session import RemoteSession
-from services.worker import resolve_model_source
+from services.worker import WorkerBusy, resolve_model_source
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +26,12 @@ logger = logging.getLogger(__name__)
 class Router:
     """Serve ingress for `rstitch.v1.RStitch`; the method name matches the RPC name."""
 
-    def __init__(self, slm, llm, slm_source: str | None, llm_source: str | None, default_threshold: float = 0.02):
+    def __init__(self, slm, llm, slm_source: str | None, llm_source: str | None, default_threshold: float = 0.02,
+                 max_concurrent_requests: int = 64):
         self.handles = {"slm": slm, "llm": llm}
         self.default_threshold = default_threshold  # tau when a request leaves routing.threshold unset
+        self.max_concurrent_requests = max_concurrent_requests
+        self.active_requests = 0
         slm_tokenizer = load_tokenizer(resolve_model_source(slm_source, "slm"), "slm")
         self.tokenizer = load_tokenizer(resolve_model_source(llm_source, "llm"), "llm")
         check_tokenizers(slm_tokenizer, self.tokenizer)  # a mismatched pair never serves a token
@@ -55,21 +58,26 @@ class Router:
         pair = await self.pair_info()
         try:
             parsed = parse_request(request, self.default_threshold)
+            if parsed.sampling.max_new_tokens > pair["max_context"]:
+                raise ValueError(f"sampling.max_new_tokens must be <= {pair['max_context']} (the context "
+                                 f"window), got {parsed.sampling.max_new_tokens}")
             ids = encode_prompt(self.tokenizer, parsed.prompt, parsed.messages)
             check_prompt_ids(ids, pair["max_context"], pair["vocab_size"])
         except ValueError as err:
             self.metrics.request("unknown").close(INVALID, time.perf_counter() - started)
-            if grpc_context is None:
-                raise
-            # Serve turns an exception raised after set_code into that status (a stream that
-            # simply ends would be reported as OK).
-            grpc_context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
-            grpc_context.set_details(str(err))
+            _abort(grpc_context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
             raise
+        if self.active_requests >= self.max_concurrent_requests:
+            self.metrics.request(parsed.routing.policy.value).close(BUSY, time.perf_counter() - started)
+            message = (f"server busy: {self.active_requests} requests in flight on this replica "
+                       f"(max_concurrent_requests={self.max_concurrent_requests}); retry later")
+            _abort(grpc_context, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+            raise ServerBusy(message)
         rid = parsed.request_id
         seq = Sequence.create(ids, parsed.sampling, self.tokenizer, pair["eos_token_ids"], pair["max_context"])
         session = RemoteSession(f"{rid}-{uuid.uuid4().hex[:8]}", seq, parsed.routing, self.handles)
         record = self.metrics.request(parsed.routing.policy.value)
+        self.active_requests += 1
         try:
             async for event in session.events():
                 if isinstance(event, TokenEvent):
@@ -84,9 +92,26 @@ class Router:
         except asyncio.CancelledError:
             record.close(CANCELLED, time.perf_counter() - started)
             raise
+        except WorkerBusy as err:
+            record.close(BUSY, time.perf_counter() - started)
+            _abort(grpc_context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"server busy: {err}; retry later")
+            raise
         except Exception:
             record.close(ERROR, time.perf_counter() - started)
             raise
         finally:
+            self.active_requests -= 1
             # Finished, failed or cancelled (client gone): the workers drop the session's caches.
             session.release()
+
+
+class ServerBusy(RuntimeError):
+    """This router replica already runs max_concurrent_requests requests."""
+
+
+def _abort(grpc_context, code: grpc.StatusCode, details: str) -> None:
+    """Set the status the client will see; Serve applies it when the handler then raises (a stream
+    that simply ended would be reported as OK)."""
+    if grpc_context is not None:
+        grpc_context.set_code(code)
+        grpc_context.set_details(details)

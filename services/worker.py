@@ -70,6 +70,10 @@ class TurnCall:
 _RELEASED_MEMORY = 65_536
 
 
+class WorkerBusy(RuntimeError):
+    """Every session slot of this worker is in use by a call in progress."""
+
+
 class SessionReleased(RuntimeError):
     """A call arrived for a session whose request has already ended."""
 
@@ -184,6 +188,7 @@ class ModelWorker:
         mirror_ok = session is not None and call.token_ids[:len(session.seq.token_ids)] == session.seq.token_ids
         rebuilt = not mirror_ok and not call.first  # the router expected a replica to hold it
         if not mirror_ok:
+            self._make_room()
             session = self._new_session(call)
         session.state.rollback(min(session.state.num_cached, call.keep))
         session.seq.extend(call.token_ids[len(session.seq.token_ids):])
@@ -225,6 +230,15 @@ class ModelWorker:
             victim = next((sid for sid, s in self.sessions.items() if not s.busy), None)
             if victim is None:
                 return  # every session is mid-call; they shrink back when released
+            self._drop(victim)
+
+    def _make_room(self) -> None:
+        """Evict idle sessions until a new one fits; WorkerBusy if every slot is mid-call."""
+        while len(self.sessions) >= self.config.max_sessions:
+            victim = next((sid for sid, s in self.sessions.items() if not s.busy), None)
+            if victim is None:
+                raise WorkerBusy(f"{self.role} worker holds {len(self.sessions)} sessions, all mid-call "
+                                 f"(max_sessions={self.config.max_sessions})")
             self._drop(victim)
 
     def _drop(self, session_id: str) -> None:
