@@ -174,9 +174,11 @@ class ModelWorker:
 
     async def state(self) -> dict:
         """Sessions held, cached tokens and counters (for tests and metrics)."""
+        import psutil  # installed with accelerate/ray
+
         return {"role": self.role, "replica": _replica_id(), "sessions": len(self.sessions),
                 "cached_tokens": self._cached_tokens(), "session_ids": list(self.sessions),
-                **asdict(self.counters)}
+                "rss_bytes": psutil.Process().memory_info().rss, **asdict(self.counters)}
 
     # -- sessions ----------------------------------------------------------------------------
 
