@@ -44,6 +44,7 @@ class AppConfig:
     llm_autoscaling: dict | None = None  # Serve autoscaling_config for the LLM workers
     slm_resources: dict | None = None  # custom Ray resources, e.g. {"slm_node": 1} on KubeRay
     llm_resources: dict | None = None
+    router_resources: dict | None = None  # e.g. {"router_group": 1} offered only by the head pod
     max_sessions: int = 64
     max_concurrent_requests: int = 64  # per router replica; beyond it RESOURCE_EXHAUSTED
     max_cached_tokens: int = 262_144
@@ -94,7 +95,10 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
                            **llm_scale, **worker_options)
     # Serve's own queue admits more than the router runs, so excess requests get a clear
     # RESOURCE_EXHAUSTED from the router instead of waiting in a queue.
+    router_options = {"num_cpus": cfg.router_num_cpus}
+    if cfg.router_resources:
+        router_options["resources"] = dict(cfg.router_resources)
     router = serve.deployment(Router, name="Router", max_ongoing_requests=2 * cfg.max_concurrent_requests,
-                              ray_actor_options={"num_cpus": cfg.router_num_cpus})
+                              ray_actor_options=router_options)
     return router.bind(slm.bind(cfg.worker("slm")), llm.bind(cfg.worker("llm")), cfg.slm, cfg.llm,
                        cfg.default_threshold, cfg.max_concurrent_requests)
