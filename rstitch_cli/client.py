@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from rstitch_cli.generate import add_request_args, parse_messages, request_params, stream
+from rstitch_cli.generate import add_prompt_args, add_request_args, parse_messages, request_params, stream
 
 
 def add_parser(sub) -> None:
@@ -16,10 +16,7 @@ def add_parser(sub) -> None:
                        "terminal with a summary line on stderr, or one JSON object with --json).")
     p.add_argument("--address", default="localhost:9000", metavar="HOST:PORT",
                    help="the server's gRPC address (default: %(default)s)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompt", help="raw prompt text")
-    src.add_argument("--messages", help='chat messages as JSON, e.g. \'[{"role": "user", "content": "..."}]\', '
-                     "or @FILE to read them from a file")
+    add_prompt_args(p)
     add_request_args(p)
     p.add_argument("--request-id", default="", help="echoed in every response (default: the server makes one)")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="deadline for the whole generation (default: none)")

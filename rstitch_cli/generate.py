@@ -19,13 +19,17 @@ def add_parser(sub) -> None:
                        "with R-Stitch or a baseline policy. Text mode colours each token by the model that "
                        "wrote it (green: SLM, magenta: LLM) when stdout is a terminal.")
     add_model_args(p)
+    add_prompt_args(p)
+    add_request_args(p)
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object instead of streaming")
+    p.set_defaults(run=run)
+
+
+def add_prompt_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="raw prompt text")
     src.add_argument("--messages", help='chat messages as JSON, e.g. \'[{"role": "user", "content": "..."}]\', '
                      "or @FILE to read them from a file")
-    add_request_args(p)
-    p.add_argument("--json", action="store_true", help="print exactly one JSON object instead of streaming")
-    p.set_defaults(run=run)
 
 
 def add_request_args(p: argparse.ArgumentParser) -> None:

@@ -138,19 +138,17 @@ class ModelWorker:
 
     async def draft(self, call: TurnCall) -> dict:
         """Speculative: draft call.num_draft tokens past the sequence."""
-        session, rebuilt = self._checkout(call)
-        try:
-            d = await self._in_thread(draft, session.seq, session.state, session.sampler, call.num_draft)
-            return {**self._end(session, rebuilt), "draft": d}
-        finally:
-            self._checkin(call.session_id, session)
+        return await self._one_pass(call, "draft", lambda s: draft(s.seq, s.state, s.sampler, call.num_draft))
 
     async def verify(self, call: TurnCall) -> dict:
         """Speculative: verify call.draft in one pass."""
+        return await self._one_pass(call, "verdict", lambda s: verify(s.seq, s.state, call.draft, s.sampler))
+
+    async def _one_pass(self, call: TurnCall, key: str, work) -> dict:
         session, rebuilt = self._checkout(call)
         try:
-            v = await self._in_thread(verify, session.seq, session.state, call.draft, session.sampler)
-            return {**self._end(session, rebuilt), "verdict": v}
+            result = await self._in_thread(work, session)
+            return {**self._end(session, rebuilt), key: result}
         finally:
             self._checkin(call.session_id, session)
 
