@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rstitch_cli import bench, client, generate, serve
+from rstitch_cli import bench, client, demo, eval, generate, serve
 
 
 class Parser(argparse.ArgumentParser):
@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_parser(sub)
     client.add_parser(sub)
     serve.add_parser(sub)
+    demo.add_parser(sub)
+    eval.add_parser(sub)
     return parser
 
 

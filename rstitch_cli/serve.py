@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 
 import yaml
 
@@ -55,8 +56,8 @@ def app_settings(args: argparse.Namespace) -> tuple[dict, int]:
     return app_args, port
 
 
-def run(args: argparse.Namespace) -> int:
-    app_args, port = app_settings(args)
+def ensure_models(app_args: dict) -> None:
+    """Validate the app args; assemble the default pair here (with a progress bar) if it is used."""
     from services.app import AppConfig
 
     AppConfig.from_args(app_args)  # bad args fail here, before Ray starts
@@ -65,29 +66,45 @@ def run(args: argparse.Namespace) -> int:
 
         if not is_default_pair_installed():
             raise ValueError(f"no models given and the embedded default pair is not installed: {INSTALL_HINT}")
-        ensure_default_pair()  # assemble once here, with a progress bar, not silently in a replica
+        ensure_default_pair()
+
+
+@contextmanager
+def local_service(app_args: dict, port: int, metrics_port: int, num_cpus: int | None, num_gpus: int | None = None,
+                  http_port: int = 8000, quiet: bool = False):
+    """A local Ray cluster running the app with gRPC on `port`; shut down on exit. `quiet` keeps the
+    replicas' logs in Ray's log files instead of this terminal."""
     import ray
     from ray import serve
-    from ray.serve.config import gRPCOptions
+    from ray.serve.config import HTTPOptions, gRPCOptions
 
     from services.app import GRPC_SERVICER, build_app
 
-    ray.init(num_cpus=args.num_cpus, num_gpus=args.num_gpus, include_dashboard=False,
-             _metrics_export_port=args.metrics_port)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _metrics_export_port=metrics_port,
+             log_to_driver=not quiet, logging_level="WARNING" if quiet else "INFO")
     try:
-        serve.start(grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[GRPC_SERVICER]))
+        serve.start(grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[GRPC_SERVICER]),
+                    http_options=HTTPOptions(port=http_port))
         serve.run(build_app(app_args), name="rstitch", route_prefix="/")
-        print(f"rstitch: serving rstitch.v1.RStitch over gRPC on localhost:{port} (Ctrl-C stops)", flush=True)
-        print(f"rstitch: Prometheus metrics (ray_rstitch_*, ray_serve_*) at http://127.0.0.1:{args.metrics_port}/metrics "
-              "(scrape config: deploy/prometheus/prometheus.yml)", flush=True)
-        print(f"rstitch: try: rstitch client --address localhost:{port} --prompt 'What is 17 * 23?'", flush=True)
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
+        yield f"localhost:{port}"
     finally:
         print("rstitch: shutting down", file=sys.stderr, flush=True)
         serve.shutdown()
         ray.shutdown()
+
+
+def run(args: argparse.Namespace) -> int:
+    app_args, port = app_settings(args)
+    ensure_models(app_args)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        with local_service(app_args, port, args.metrics_port, args.num_cpus, args.num_gpus) as address:
+            print(f"rstitch: serving rstitch.v1.RStitch over gRPC on {address} (Ctrl-C stops)", flush=True)
+            print(f"rstitch: Prometheus metrics (ray_rstitch_*, ray_serve_*) at http://127.0.0.1:{args.metrics_port}"
+                  "/metrics (scrape config: deploy/prometheus/prometheus.yml)", flush=True)
+            print(f"rstitch: try: rstitch client --address {address} --prompt 'What is 17 * 23?'", flush=True)
+            stop.wait()
+    except KeyboardInterrupt:
+        pass
     return 0

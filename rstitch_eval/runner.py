@@ -1,0 +1,180 @@
+"""Run every configuration on every problem, appending one JSON line per (problem, configuration).
+
+Configurations run back to back on each problem before the next problem starts, so slow drift of a
+shared machine hits all of them alike. Decoding is greedy. Each record is flushed as soon as it is
+written; a rerun on the same file skips the (problem, configuration) pairs it already holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from rstitch_core import Generation, Policy, RoutingParams, SamplingParams
+from rstitch_eval.answers import extract_answer, is_correct
+from rstitch_eval.gsm8k import Problem
+from rstitch_eval.prompts import gsm8k_messages
+
+RESULTS_NAME = "results.jsonl"
+SETTINGS_NAME = "run.json"
+
+# messages, sampling, routing -> a dict shaped like Generation.to_dict()
+Backend = Callable[[list, SamplingParams, RoutingParams], dict]
+
+
+class BackendError(RuntimeError):
+    """The generation backend failed (e.g. the server went away); finished records are kept."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One column of the evaluation: `llm`, `slm`, `speculative` or `rstitch@<tau>`."""
+
+    label: str
+    routing: RoutingParams
+
+
+def build_configs(policies: Sequence[str], thresholds: Sequence[float], draft_tokens: int) -> list[EvalConfig]:
+    """Configurations in the order given; `rstitch` expands to one per threshold (ValueError if bad)."""
+    configs: dict[str, EvalConfig] = {}
+    for name in policies:
+        policy = Policy.parse(name)
+        if policy is Policy.RSTITCH:
+            if not thresholds:
+                raise ValueError("the rstitch policy needs at least one threshold (--thresholds)")
+            for tau in thresholds:
+                routing = RoutingParams(policy=policy, threshold=tau, draft_tokens=draft_tokens)
+                configs.setdefault(f"rstitch@{tau:g}", EvalConfig(f"rstitch@{tau:g}", routing))
+        else:
+            configs.setdefault(policy.value, EvalConfig(policy.value, RoutingParams(policy=policy,
+                                                                                   draft_tokens=draft_tokens)))
+    if not configs:
+        raise ValueError("no policies given; accepted: llm, slm, speculative, rstitch")
+    return list(configs.values())
+
+
+def engine_backend(engine) -> Backend:
+    def generate(messages, sampling, routing):
+        return Generation.collect(engine.generate(messages=messages, sampling=sampling, routing=routing)).to_dict()
+    return generate
+
+
+def server_backend(client) -> Backend:
+    import grpc
+
+    def generate(messages, sampling, routing):
+        try:
+            return client.generate_result(messages=messages, sampling=sampling, routing=routing)
+        except grpc.RpcError as err:
+            raise BackendError(f"{client.address}: {err.code().name}: {err.details()}") from None
+    return generate
+
+
+def read_records(path: Path) -> list[dict]:
+    """The records in a results file; a last line cut short by an interruption is dropped from the file."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        data = data[:data.rfind(b"\n") + 1]
+        with open(path, "r+b") as f:
+            f.truncate(len(data))
+    records = []
+    for n, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{n} is not a JSON record ({err}); move the file away to start afresh") from None
+    return records
+
+
+def check_settings(out_dir: Path, settings: dict) -> None:
+    """Record the run's settings in run.json, or refuse to mix results made with other settings."""
+    path = out_dir / SETTINGS_NAME
+    if path.is_file():
+        old = json.loads(path.read_text())
+        for key, value in settings.items():
+            if old.get(key) != value:
+                raise ValueError(f"{out_dir} holds results made with {key}={old.get(key)!r}, not {value!r}; "
+                                 "use another --out directory or the same settings")
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=1) + "\n")
+
+
+def run_eval(problems: Sequence[Problem], configs: Sequence[EvalConfig], backend: Backend, out_dir: Path,
+             sampling: SamplingParams, progress: bool = True,
+             after_problem: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """Run what is missing from `out_dir/results.jsonl`; return all its records (old and new)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / RESULTS_NAME
+    records = read_records(path)
+    done = {(r["problem_id"], r["config"]) for r in records}
+    todo = [(p, c) for p in problems for c in configs if (p.id, c.label) not in done]
+    if not todo:
+        return records
+    warm_up(backend, problems[0], configs)
+    bar = tqdm(total=len(problems) * len(configs), initial=len(problems) * len(configs) - len(todo),
+               desc="eval", unit="run", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    with open(path, "a", encoding="utf-8") as out, bar:
+        for i, (problem, config) in enumerate(todo):
+            bar.set_postfix_str(f"problem {problem.id} {config.label} ...", refresh=True)
+            record = run_one(problem, config, backend, sampling)
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+            records.append(record)
+            verdict = "right" if record["correct"] else "wrong"
+            bar.set_postfix_str(f"problem {problem.id} {config.label} {verdict} | "
+                                f"{running_accuracy(records, config.label)}", refresh=False)
+            bar.update()
+            last_of_problem = i + 1 == len(todo) or todo[i + 1][0].id != problem.id
+            if after_problem is not None and last_of_problem:
+                after_problem(records)
+    return records
+
+
+def run_one(problem: Problem, config: EvalConfig, backend: Backend, sampling: SamplingParams) -> dict:
+    start = time.perf_counter()
+    result = backend(gsm8k_messages(problem.question), sampling, config.routing)
+    latency = time.perf_counter() - start
+    stats = result["stats"]
+    prediction = extract_answer(result["text"])
+    policy = config.routing.policy
+    return {
+        "problem_id": problem.id, "config": config.label, "policy": policy.value,
+        "threshold": config.routing.threshold if policy is Policy.RSTITCH else None,
+        "draft_tokens": config.routing.draft_tokens if policy is Policy.SPECULATIVE else None,
+        "gold": problem.gold, "prediction": prediction, "correct": is_correct(prediction, problem.gold),
+        "latency_s": latency, "engine_s": stats["total_seconds"], "ttft_s": stats["time_to_first_token"],
+        "prompt_tokens": stats["prompt_tokens"], "generated_tokens": stats["generated_tokens"],
+        "slm_tokens": stats["slm"]["tokens"], "llm_tokens": stats["llm"]["tokens"],
+        "llm_token_share": stats["llm_token_share"],
+        "switches": stats["switches_slm_to_llm"] + stats["switches_llm_to_slm"],
+        "switches_slm_to_llm": stats["switches_slm_to_llm"], "switches_llm_to_slm": stats["switches_llm_to_slm"],
+        "discarded_tokens": stats["discarded_tokens"], "drafted_tokens": stats["drafted_tokens"],
+        "accepted_tokens": stats["accepted_tokens"], "finish_reason": result["finish_reason"],
+        "text": result["text"],
+    }
+
+
+def warm_up(backend: Backend, problem: Problem, configs: Sequence[EvalConfig]) -> None:
+    """One short untimed generation per policy, so one-time start-up costs stay out of the first latency."""
+    seen = set()
+    for config in configs:
+        if config.routing.policy not in seen:
+            seen.add(config.routing.policy)
+            backend(gsm8k_messages(problem.question), SamplingParams(max_new_tokens=4), config.routing)
+
+
+def running_accuracy(records: list[dict], label: str) -> str:
+    rs = [r for r in records if r["config"] == label]
+    right = sum(r["correct"] for r in rs)
+    return f"acc {label} {right / len(rs):.0%} ({right}/{len(rs)})"
