@@ -6,7 +6,7 @@ import time
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import rstitch.v1.rstitch_pb2 as pb
@@ -158,8 +158,10 @@ def test_fuzzed_requests_never_crash_a_replica(client, service):
                                      response_deserializer=pb.GenerateResponse.FromString)
     outcomes = []
 
-    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(requests())
+    @example(pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(max_new_tokens=3)))
+    @example(pb.GenerateRequest(prompt=PROMPT, routing=pb.RoutingParams(threshold=float("nan"))))
     def one(req):
         try:
             responses = list(call(req, timeout=30))
