@@ -8,6 +8,7 @@ draft distributions) travel; caches never do.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from typing import AsyncIterator
 
@@ -124,9 +125,13 @@ class RemoteSession:
         await asyncio.sleep(RETRY_BACKOFF_S * 2 ** attempt)
 
     def release(self) -> None:
-        """Free the session in both workers, even when the request was cancelled (fire and forget)."""
-        for model, handle in self.handles.items():
-            task = asyncio.ensure_future(_release(handle, self.session_id))
+        """Free the session in both workers, even when the request was cancelled (fire and forget).
+
+        The calls run in an empty context: Serve cancels every call made in a cancelled request's
+        context, which would cancel exactly these releases when a client goes away."""
+        loop = asyncio.get_running_loop()
+        for handle in self.handles.values():
+            task = loop.create_task(_release(handle, self.session_id), context=contextvars.Context())
             _PENDING.add(task)
             task.add_done_callback(_PENDING.discard)
 
