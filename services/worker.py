@@ -13,7 +13,7 @@ import asyncio
 import os
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import AsyncIterator
 
@@ -83,7 +83,8 @@ class Session:
     seq: Sequence  # this worker's mirror of the sequence (text and stop state included)
     state: ModelState
     sampler: Sampler
-    busy: bool = False
+    busy: bool = False  # a call holds it, or an abandoned call's forward pass is still running
+    forward: Future | None = None  # the pass running on the executor thread, if any
 
 
 @dataclass
@@ -128,7 +129,7 @@ class ModelWorker:
         try:
             turn = run_turn(session.seq, session.state, call.routing, session.sampler)
             while True:
-                done, value = await self._in_thread(_advance, turn)
+                done, value = await self._in_thread(session, _advance, turn)
                 if done:
                     yield self._end(session, rebuilt, handoff=value)
                     return
@@ -147,7 +148,7 @@ class ModelWorker:
     async def _one_pass(self, call: TurnCall, key: str, work) -> dict:
         session, rebuilt = self._checkout(call)
         try:
-            result = await self._in_thread(work, session)
+            result = await self._in_thread(session, work, session)
             return {**self._end(session, rebuilt), key: result}
         finally:
             self._checkin(call.session_id, session)
@@ -185,7 +186,10 @@ class ModelWorker:
         if call.session_id in self._released:
             raise SessionReleased(f"session {call.session_id} was released (its request ended)")
         session = self.sessions.pop(call.session_id, None)
-        mirror_ok = session is not None and call.token_ids[:len(session.seq.token_ids)] == session.seq.token_ids
+        # A session still busy belongs to an abandoned call whose forward pass may yet append to it:
+        # never share it, rebuild instead.
+        mirror_ok = (session is not None and not session.busy
+                     and call.token_ids[:len(session.seq.token_ids)] == session.seq.token_ids)
         rebuilt = not mirror_ok and not call.first  # the router expected a replica to hold it
         if not mirror_ok:
             self._make_room()
@@ -208,7 +212,11 @@ class ModelWorker:
         return Session(seq, ModelState(self.role, self.runner, ModelStats()), Sampler(call.sampling))
 
     def _checkin(self, session_id: str, session: Session) -> None:
-        session.busy = False
+        if session.forward is not None and not session.forward.done():
+            # The call was cancelled mid-pass: the session stays busy until the pass is over.
+            session.forward.add_done_callback(lambda _: setattr(session, "busy", False))
+        else:
+            session.busy = False
         self._evict()
         self._report()
 
@@ -247,8 +255,9 @@ class ModelWorker:
         self.metrics.evicted()
         self._report()
 
-    async def _in_thread(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    async def _in_thread(self, session: Session, fn, *args):
+        session.forward = self._executor.submit(fn, *args)
+        return await asyncio.wrap_future(session.forward)
 
 
 def resolve_model_source(source: str | None, role: Source) -> str:
