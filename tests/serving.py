@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 def worker_states(deployment: str, probes: int = 24) -> dict[str, dict]:
     """state() of every replica of a worker deployment, keyed by replica id (hashing spreads probes)."""

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
+from serving import free_port
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file under $HOME for a test cluster
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -17,6 +16,7 @@ import pytest
 import yaml
 
 from rstitch_core import RoutingParams, SamplingParams
+from serving import free_port
 from services.metrics import ROUTER_METRICS, WORKER_METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,12 +57,6 @@ def test_provisioning_and_prometheus_config_parse():
     assert boards["providers"][0]["type"] == "file"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def prometheus(service, tmp_path_factory):
     """A real Prometheus (Debian's package; scripts/test.sh installs it) scraping the service every second."""
@@ -74,7 +68,7 @@ def prometheus(service, tmp_path_factory):
     (root / "prometheus.yml").write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [{"job_name": "ray", "static_configs": [{"targets": [target]}]}]}))
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([binary, f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
                              f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
                             stderr=open(root / "prometheus.log", "w"))
