@@ -16,6 +16,12 @@ class Policy(str, Enum):
     LLM = "llm"  # the large model only
     SLM = "slm"  # the small model only
     SPECULATIVE = "speculative"  # SLM drafts, LLM verifies; output distribution is the LLM's
+    RSTITCH_PLUS = "rstitch+"  # R-Stitch+: where the SLM is uncertain, a learned router decides
+
+    @property
+    def stitches(self) -> bool:
+        """Whether control moves between the models on entropy (rstitch and rstitch+)."""
+        return self in (Policy.RSTITCH, Policy.RSTITCH_PLUS)
 
     @classmethod
     def parse(cls, value: str | Policy) -> Policy:

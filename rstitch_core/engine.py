@@ -61,20 +61,39 @@ class Engine:
             self.check_prompt_ids(ids)
         else:
             ids = self.encode(prompt, messages)
-        if router is not None and routing.policy is not Policy.RSTITCH:
-            raise ValueError(f"a router only applies to the rstitch policy, not {routing.policy.value!r}")
+        check_router(routing, router)
         return self._run(ids, sampling, routing, router)
 
+    def rollout(self, prompt_ids: Sequence[int], sampling: SamplingParams, routing: RoutingParams,
+                router: SwitchRouter | None = None) -> tuple[Generation, dict[Source, list[tuple[int, int]]]]:
+        """Run one generation to the end; also return each model's forward passes as
+        (new tokens, cached tokens) so a cost model can price the trajectory (router training)."""
+        ids = [int(t) for t in prompt_ids]
+        self.check_prompt_ids(ids)
+        check_router(routing, router)
+        passes: dict[Source, list[tuple[int, int]]] = {}
+        return Generation.collect(self._run(ids, sampling, routing, router, passes)), passes
+
     def _run(self, ids: list[int], sampling: SamplingParams, routing: RoutingParams,
-             router: SwitchRouter | None) -> Iterator[Event]:
+             router: SwitchRouter | None, passes: dict | None = None) -> Iterator[Event]:
         seq = Seq.create(ids, sampling, self.tokenizer, self.llm.eos_token_ids, self.max_context)
         slm = ModelState("slm", self.slm, seq.stats.slm)
         llm = ModelState("llm", self.llm, seq.stats.llm)
+        if passes is not None:
+            passes.update(slm=slm.passes, llm=llm.passes)
         sampler = Sampler(sampling)
         if routing.policy is Policy.SPECULATIVE:
             yield from speculate(seq, slm, llm, routing, sampler)
         else:
             yield from stitch(seq, slm, llm, routing, sampler, router)
+
+
+def check_router(routing: RoutingParams, router: SwitchRouter | None) -> None:
+    """A router goes with the rstitch+ policy and only with it (ValueError otherwise)."""
+    if routing.policy is Policy.RSTITCH_PLUS and router is None:
+        raise ValueError("the rstitch+ policy needs a router (--router PATH, made by rstitch router train)")
+    if router is not None and routing.policy is not Policy.RSTITCH_PLUS:
+        raise ValueError(f"a router only applies to the rstitch+ policy, not {routing.policy.value!r}")
 
 
 @dataclass

@@ -27,6 +27,8 @@ class ModelState:
     runner: ModelRunner
     stats: ModelStats
     cache: KVCache | None = None
+    # (new tokens, cached tokens before) per forward pass: what a cost model prices a trajectory by
+    passes: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def num_cached(self) -> int:
@@ -42,6 +44,7 @@ class ModelState:
         if self.cache is None:
             self.cache = self.runner.new_cache()
         unseen = token_ids[self.num_cached:]
+        self.passes.append((len(unseen), self.num_cached))
         out = self.runner.forward(self.cache, unseen, num_logits=num_logits, hidden=hidden)
         self.stats.forward_passes += 1
         self.stats.forward_tokens += len(unseen)

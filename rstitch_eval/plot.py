@@ -6,7 +6,8 @@ from pathlib import Path
 
 # R-Stitch first, so the baselines' markers are drawn on top of its line.
 MARKERS = {"rstitch": ("o", "tab:blue", "R-Stitch"), "llm": ("s", "tab:purple", "LLM only"),
-           "slm": ("^", "tab:green", "SLM only"), "speculative": ("D", "tab:orange", "speculative")}
+           "slm": ("^", "tab:green", "SLM only"), "speculative": ("D", "tab:orange", "speculative"),
+           "rstitch+": ("*", "tab:red", "R-Stitch+ (router)")}
 
 
 def plot_summary(summary: dict, path: Path, title: str = "GSM8K") -> Path:
@@ -30,8 +31,8 @@ def plot_summary(summary: dict, path: Path, title: str = "GSM8K") -> Path:
         acc = [100 * r["accuracy"] for r in group]
         err = [[100 * (r["accuracy"] - r["ci_low"]) for r in group], [100 * (r["ci_high"] - r["accuracy"]) for r in group]]
         ax.errorbar([x(r) for r in group], acc, yerr=err, fmt=marker + ("-" if policy == "rstitch" else ""),
-                    color=colour, label=name, capsize=3, markersize=7, linewidth=1.2)
-        if policy == "rstitch":
+                    color=colour, label=name, capsize=3, markersize=10 if policy == "rstitch+" else 7, linewidth=1.2)
+        if policy in ("rstitch", "rstitch+"):
             for r, a in zip(group, acc):
                 ax.annotate(f"τ={r['threshold']:g}", (x(r), a), textcoords="offset points", xytext=(6, 4), fontsize=8)
     if has_base:

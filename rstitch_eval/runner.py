@@ -18,15 +18,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rstitch_core import Generation, Policy, RoutingParams, SamplingParams
-from rstitch_eval.answers import extract_answer, is_correct
 from rstitch_eval.gsm8k import Problem
-from rstitch_eval.prompts import gsm8k_messages
+from rstitch_eval.tasks import TASKS, Task
 
 RESULTS_NAME = "results.jsonl"
 SETTINGS_NAME = "run.json"
 
-# messages, sampling, routing -> a dict shaped like Generation.to_dict()
-Backend = Callable[[list, SamplingParams, RoutingParams], dict]
+# request (prompt= or messages=), sampling, routing -> a dict shaped like Generation.to_dict()
+Backend = Callable[[dict, SamplingParams, RoutingParams], dict]
 
 
 class BackendError(RuntimeError):
@@ -35,18 +34,24 @@ class BackendError(RuntimeError):
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """One column of the evaluation: `llm`, `slm`, `speculative` or `rstitch@<tau>`."""
+    """One column of the evaluation: `llm`, `slm`, `speculative`, `rstitch@<tau>` or `rstitch+`."""
 
     label: str
     routing: RoutingParams
 
 
-def build_configs(policies: Sequence[str], thresholds: Sequence[float], draft_tokens: int) -> list[EvalConfig]:
-    """Configurations in the order given; `rstitch` expands to one per threshold (ValueError if bad)."""
+def build_configs(policies: Sequence[str], thresholds: Sequence[float], draft_tokens: int,
+                  router_tau: float | None = None) -> list[EvalConfig]:
+    """Configurations in the order given; `rstitch` expands to one per threshold, `rstitch+` runs at
+    its router's tau (ValueError if bad)."""
     configs: dict[str, EvalConfig] = {}
     for name in policies:
         policy = Policy.parse(name)
-        if policy is Policy.RSTITCH:
+        if policy is Policy.RSTITCH_PLUS:
+            if router_tau is None:
+                raise ValueError("the rstitch+ policy needs a router (--router PATH)")
+            configs.setdefault("rstitch+", EvalConfig("rstitch+", RoutingParams(policy=policy, threshold=router_tau)))
+        elif policy is Policy.RSTITCH:
             if not thresholds:
                 raise ValueError("the rstitch policy needs at least one threshold (--thresholds)")
             for tau in thresholds:
@@ -56,22 +61,24 @@ def build_configs(policies: Sequence[str], thresholds: Sequence[float], draft_to
             configs.setdefault(policy.value, EvalConfig(policy.value, RoutingParams(policy=policy,
                                                                                    draft_tokens=draft_tokens)))
     if not configs:
-        raise ValueError("no policies given; accepted: llm, slm, speculative, rstitch")
+        raise ValueError("no policies given; accepted: llm, slm, speculative, rstitch, rstitch+")
     return list(configs.values())
 
 
-def engine_backend(engine) -> Backend:
-    def generate(messages, sampling, routing):
-        return Generation.collect(engine.generate(messages=messages, sampling=sampling, routing=routing)).to_dict()
+def engine_backend(engine, router=None) -> Backend:
+    def generate(request, sampling, routing):
+        chosen = router if routing.policy is Policy.RSTITCH_PLUS else None
+        return Generation.collect(engine.generate(**request, sampling=sampling, routing=routing,
+                                                  router=chosen)).to_dict()
     return generate
 
 
 def server_backend(client) -> Backend:
     import grpc
 
-    def generate(messages, sampling, routing):
+    def generate(request, sampling, routing):
         try:
-            return client.generate_result(messages=messages, sampling=sampling, routing=routing)
+            return client.generate_result(**request, sampling=sampling, routing=routing)
         except grpc.RpcError as err:
             raise BackendError(f"{client.address}: {err.code().name}: {err.details()}") from None
     return generate
@@ -110,7 +117,7 @@ def check_settings(out_dir: Path, settings: dict) -> None:
 
 
 def run_eval(problems: Sequence[Problem], configs: Sequence[EvalConfig], backend: Backend, out_dir: Path,
-             sampling: SamplingParams, progress: bool = True,
+             sampling: SamplingParams, task: Task = TASKS["gsm8k"], progress: bool = True,
              after_problem: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Run what is missing from `out_dir/results.jsonl`; return all its records (old and new)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -120,13 +127,13 @@ def run_eval(problems: Sequence[Problem], configs: Sequence[EvalConfig], backend
     todo = [(p, c) for p in problems for c in configs if (p.id, c.label) not in done]
     if not todo:
         return records
-    warm_up(backend, problems[0], configs)
+    warm_up(backend, task, problems[0], configs)
     bar = tqdm(total=len(problems) * len(configs), initial=len(problems) * len(configs) - len(todo),
                desc="eval", unit="run", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     with open(path, "a", encoding="utf-8") as out, bar:
         for i, (problem, config) in enumerate(todo):
             bar.set_postfix_str(f"problem {problem.id} {config.label} ...", refresh=True)
-            record = run_one(problem, config, backend, sampling)
+            record = run_one(task, problem, config, backend, sampling)
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
             out.flush()
             os.fsync(out.fileno())
@@ -141,18 +148,18 @@ def run_eval(problems: Sequence[Problem], configs: Sequence[EvalConfig], backend
     return records
 
 
-def run_one(problem: Problem, config: EvalConfig, backend: Backend, sampling: SamplingParams) -> dict:
+def run_one(task: Task, problem: Problem, config: EvalConfig, backend: Backend, sampling: SamplingParams) -> dict:
     start = time.perf_counter()
-    result = backend(gsm8k_messages(problem.question), sampling, config.routing)
+    result = backend(task.request(problem), sampling, config.routing)
     latency = time.perf_counter() - start
     stats = result["stats"]
-    prediction = extract_answer(result["text"])
+    prediction, correct = task.grade(result["text"], problem.gold)
     policy = config.routing.policy
     return {
         "problem_id": problem.id, "config": config.label, "policy": policy.value,
-        "threshold": config.routing.threshold if policy is Policy.RSTITCH else None,
+        "threshold": config.routing.threshold if policy.stitches else None,
         "draft_tokens": config.routing.draft_tokens if policy is Policy.SPECULATIVE else None,
-        "gold": problem.gold, "prediction": prediction, "correct": is_correct(prediction, problem.gold),
+        "gold": problem.gold, "prediction": prediction, "correct": correct,
         "latency_s": latency, "engine_s": stats["total_seconds"], "ttft_s": stats["time_to_first_token"],
         "prompt_tokens": stats["prompt_tokens"], "generated_tokens": stats["generated_tokens"],
         "slm_tokens": stats["slm"]["tokens"], "llm_tokens": stats["llm"]["tokens"],
@@ -165,13 +172,13 @@ def run_one(problem: Problem, config: EvalConfig, backend: Backend, sampling: Sa
     }
 
 
-def warm_up(backend: Backend, problem: Problem, configs: Sequence[EvalConfig]) -> None:
+def warm_up(backend: Backend, task: Task, problem: Problem, configs: Sequence[EvalConfig]) -> None:
     """One short untimed generation per policy, so one-time start-up costs stay out of the first latency."""
     seen = set()
     for config in configs:
         if config.routing.policy not in seen:
             seen.add(config.routing.policy)
-            backend(gsm8k_messages(problem.question), SamplingParams(max_new_tokens=4), config.routing)
+            backend(task.request(problem), SamplingParams(max_new_tokens=4), config.routing)
 
 
 def running_accuracy(records: list[dict], label: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 BASELINE = "llm"
 Z95 = 1.959963984540054
-POLICY_ORDER = {"llm": 0, "slm": 1, "speculative": 2, "rstitch": 3}
+POLICY_ORDER = {"llm": 0, "slm": 1, "speculative": 2, "rstitch": 3, "rstitch+": 4}
 
 
 def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:

@@ -36,8 +36,10 @@ def run_turn(seq: Sequence, model: ModelState, routing: RoutingParams, sampler: 
     was never fed to the SLM the SLM cache already ends at the last kept token (no rollback pass).
     The LLM's token is always kept; the LLM hands back as soon as its entropy is <= tau.
     """
-    stitching = routing.policy is Policy.RSTITCH
-    consult = router is not None and model.source == "slm"
+    stitching = routing.policy.stitches
+    consult = routing.policy is Policy.RSTITCH_PLUS and model.source == "slm"
+    if consult and router is None:
+        raise ValueError("the rstitch+ policy needs a router")
     turn_start = True
     while seq.running:
         out = model.step(seq.token_ids, turn_start, hidden=consult)

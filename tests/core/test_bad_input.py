@@ -46,9 +46,15 @@ def test_bad_params(make):
         make()
 
 
-def test_router_only_with_rstitch(engine):
-    with pytest.raises(ValueError, match="router only applies to the rstitch policy"):
-        engine.generate("hi", routing=RoutingParams(policy="llm"), router=lambda x: True)
+@pytest.mark.parametrize("policy", ["llm", "rstitch", "speculative"])
+def test_router_only_with_rstitch_plus(engine, policy):
+    with pytest.raises(ValueError, match="router only applies to the rstitch\\+ policy"):
+        engine.generate("hi", routing=RoutingParams(policy=policy), router=lambda x: True)
+
+
+def test_rstitch_plus_needs_a_router(engine):
+    with pytest.raises(ValueError, match="rstitch\\+ policy needs a router"):
+        engine.generate("hi", routing=RoutingParams(policy="rstitch+"))
 
 
 def test_out_of_vocabulary_prompt_ids(engine):

@@ -126,7 +126,7 @@ class RecordingRouter:
 def test_router_is_consulted_only_above_tau_and_decides(engine):
     never = RecordingRouter(lambda x: False)
     g = Generation.collect(engine.generate(PROMPT, sampling=SamplingParams(max_new_tokens=N),
-                                           routing=RoutingParams(threshold=0.5), router=never))
+                                           routing=RoutingParams("rstitch+", 0.5), router=never))
     assert g.token_ids == run(engine, "slm").token_ids and g.stats.switches_slm_to_llm == 0
     assert never.calls and all(c.entropy > 0.5 for c in never.calls)
     assert len(never.calls) == sum(h > 0.5 for h in g.entropies)
@@ -136,7 +136,7 @@ def test_router_is_consulted_only_above_tau_and_decides(engine):
 
     always = RecordingRouter(lambda x: True)
     g = Generation.collect(engine.generate(PROMPT, sampling=SamplingParams(max_new_tokens=N),
-                                           routing=RoutingParams(threshold=0.5), router=always))
+                                           routing=RoutingParams("rstitch+", 0.5), router=always))
     assert g.token_ids == run(engine, "rstitch", tau=0.5).token_ids
     assert max(c.tokens_since_switch for c in always.calls) >= 1
 

@@ -20,7 +20,8 @@ class FakeBackend:
         self.interrupt_at = interrupt_at
         self.calls = []
 
-    def __call__(self, messages, sampling, routing):
+    def __call__(self, request, sampling, routing):
+        messages = request["messages"]
         if sampling.max_new_tokens == SAMPLING.max_new_tokens:  # not a warm-up call
             if len(self.calls) == self.interrupt_at:
                 raise KeyboardInterrupt
@@ -124,7 +125,7 @@ def test_server_backend_returns_the_result_and_names_grpc_failures():
                 raise Unavailable()
             return self.result
 
-    messages = gsm8k_messages("What is 1 + 1?")
-    assert server_backend(FakeClient({"text": "2"}))(messages, SAMPLING, RoutingParams()) == {"text": "2"}
+    request = {"messages": gsm8k_messages("What is 1 + 1?")}
+    assert server_backend(FakeClient({"text": "2"}))(request, SAMPLING, RoutingParams()) == {"text": "2"}
     with pytest.raises(BackendError, match="localhost:1: UNAVAILABLE: failed to connect"):
-        server_backend(FakeClient())(messages, SAMPLING, RoutingParams())
+        server_backend(FakeClient())(request, SAMPLING, RoutingParams())

@@ -1,0 +1,1 @@
+"""Training: the synthetic SLM/LLM pair and the R-Stitch+ router (supervised, then RL)."""
