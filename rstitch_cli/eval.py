@@ -24,11 +24,14 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="results directory (results.jsonl, run.json, "
                    "summary.json, summary.md, accuracy_vs_speedup.png); a rerun resumes it")
     g = p.add_argument_group("run")
-    g.add_argument("--dataset", default="gsm8k", choices=["gsm8k"], help="evaluation set (default: %(default)s)")
+    g.add_argument("--dataset", default="gsm8k", choices=["gsm8k", "arith"],
+                   help="gsm8k, or arith: the synthetic task of `rstitch train-pair` (default: %(default)s)")
     g.add_argument("--limit", type=int, help="number of problems (default: all from --offset on)")
     g.add_argument("--offset", type=int, default=0, help="first problem id (default: %(default)s)")
     g.add_argument("--policies", default="llm,slm,speculative,rstitch",
-                   help="comma list of llm, slm, speculative, rstitch (default: %(default)s)")
+                   help="comma list of llm, slm, speculative, rstitch, rstitch+ (default: %(default)s)")
+    g.add_argument("--router", metavar="PATH", help="the R-Stitch+ router for the rstitch+ policy (it runs at the "
+                   "router's tau); with --through-server the server must hold the same router")
     g.add_argument("--thresholds", default="0.001,0.01,0.02,0.05",
                    help="comma list of tau for rstitch, one configuration each (default: %(default)s)")
     g.add_argument("--draft-tokens", type=int, default=RoutingParams.draft_tokens,
@@ -59,27 +62,34 @@ def run(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from rstitch_eval.gsm8k import load_gsm8k
-    from rstitch_eval.prompts import PROMPT_VERSION
     from rstitch_eval.runner import build_configs, check_settings, run_eval
+    from rstitch_eval.tasks import get_task
 
-    configs = build_configs(split(args.policies), parse_thresholds(args.thresholds), args.draft_tokens)
+    task = get_task(args.dataset)
+    policies = split(args.policies)
+    router = load_router_file(args.router) if args.router else None
+    if router is not None and "rstitch+" not in policies:
+        raise ValueError("--router is only used by the rstitch+ policy; add rstitch+ to --policies")
+    configs = build_configs(policies, parse_thresholds(args.thresholds), args.draft_tokens,
+                            router.config.tau if router is not None else None)
     sampling = SamplingParams(max_new_tokens=args.max_new_tokens)
     if args.offset < 0 or (args.limit is not None and args.limit < 1):
         raise ValueError(f"--offset must be >= 0 and --limit >= 1, got {args.offset} and {args.limit}")
+    try:
+        problems = task.load(args.offset, args.limit)
+    except ValueError as err:
+        raise ValueError(f"--{err}") from None  # Task messages start with the argument's name
     out = Path(args.out)
-    settings = {"dataset": args.dataset, "prompt": PROMPT_VERSION, "decoding": "greedy",
+    settings = {"dataset": args.dataset, "prompt": task.prompt_version, "decoding": "greedy",
                 "max_new_tokens": args.max_new_tokens, "draft_tokens": args.draft_tokens, **backend_settings(args)}
-    problems = load_gsm8k()
-    if args.offset >= len(problems):
-        raise ValueError(f"--offset must be below {len(problems)}, got {args.offset}")
-    problems = problems[args.offset:None if args.limit is None else args.offset + args.limit]
+    if router is not None:
+        settings["router"] = file_sha256(args.router)
     check_settings(out, settings)
-    backend = make_backend(args)
+    backend = make_backend(args, router)
     print(f"rstitch eval: {len(problems)} problems x {len(configs)} configurations "
           f"({', '.join(c.label for c in configs)}) -> {out}", file=sys.stderr, flush=True)
     try:
-        run_eval(problems, configs, backend, out, sampling, after_problem=lambda records: refresh(out, records))
+        run_eval(problems, configs, backend, out, sampling, task, after_problem=lambda records: refresh(out, records))
     except KeyboardInterrupt:
         print("\nrstitch eval: interrupted; finished records are kept, rerun the same command to resume",
               file=sys.stderr)
@@ -101,14 +111,27 @@ def backend_settings(args: argparse.Namespace) -> dict:
     return {"backend": "in-process", "slm": slm, "llm": llm, "dtype": args.dtype}
 
 
-def make_backend(args: argparse.Namespace):
+def make_backend(args: argparse.Namespace, router=None):
     from rstitch_eval.runner import engine_backend, server_backend
 
     if args.through_server:
         from services.client import RStitchClient
 
         return server_backend(RStitchClient(args.through_server))
-    return engine_backend(load_engine(args))
+    engine = load_engine(args)
+    return engine_backend(engine, router.bind(engine.slm) if router is not None else None)
+
+
+def load_router_file(path: str):
+    from rstitch_core.router import LearnedRouter
+
+    return LearnedRouter.load(path)
+
+
+def file_sha256(path: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def report(out: Path, quiet: bool = False) -> int:
@@ -153,9 +176,10 @@ def calibrate(args: argparse.Namespace) -> int:
 
 
 def plot_title(settings: dict) -> str:
+    dataset = {"gsm8k": "GSM8K", "arith": "arithmetic chains"}.get(settings.get("dataset"), "GSM8K")
     if settings.get("backend") == "in-process":
-        return f"GSM8K, {Path(settings['slm']).name} + {Path(settings['llm']).name}"
-    return "GSM8K"
+        return f"{dataset}, {Path(settings['slm']).name} + {Path(settings['llm']).name}"
+    return dataset
 
 
 def split(value: str) -> list[str]:

@@ -21,6 +21,8 @@ def add_parser(sub) -> None:
     add_model_args(p)
     add_prompt_args(p)
     add_request_args(p)
+    p.add_argument("--router", metavar="PATH", help="R-Stitch+ router file for --policy rstitch+ "
+                   "(made by `rstitch router train`; it runs at the router's tau)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object instead of streaming")
     p.set_defaults(run=run)
 
@@ -34,9 +36,10 @@ def add_prompt_args(p: argparse.ArgumentParser) -> None:
 
 def add_request_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("routing and sampling")
-    g.add_argument("--policy", default="rstitch", help="rstitch | llm | slm | speculative (default: %(default)s)")
-    g.add_argument("--threshold", type=float, default=RoutingParams.threshold,
-                   help="entropy threshold tau in [0, 1] (default: %(default)s)")
+    g.add_argument("--policy", default="rstitch",
+                   help="rstitch | rstitch+ | llm | slm | speculative (default: %(default)s)")
+    g.add_argument("--threshold", type=float, help=f"entropy threshold tau in [0, 1] (default: "
+                   f"{RoutingParams.threshold}; rstitch+ runs at its router's tau)")
     g.add_argument("--draft-tokens", type=int, default=RoutingParams.draft_tokens,
                    help="speculative draft length k (default: %(default)s)")
     g.add_argument("--max-new-tokens", type=int, default=SamplingParams.max_new_tokens,
@@ -49,12 +52,18 @@ def add_request_args(p: argparse.ArgumentParser) -> None:
                    help="stop string (repeatable); it is not printed")
 
 
-def request_params(args: argparse.Namespace) -> tuple[SamplingParams, RoutingParams]:
-    """Validated configs from the arguments (ValueError names the bad value)."""
+def request_params(args: argparse.Namespace, router_tau: float | None = None) -> tuple[SamplingParams, RoutingParams]:
+    """Validated configs from the arguments (ValueError names the bad value). rstitch+ takes tau from
+    its router (`router_tau`; None when the server holds the router)."""
     sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=tuple(args.stop))
-    routing = RoutingParams(policy=Policy.parse(args.policy), threshold=args.threshold,
-                            draft_tokens=args.draft_tokens)
+    policy = Policy.parse(args.policy)
+    if policy is Policy.RSTITCH_PLUS and args.threshold is not None:
+        raise ValueError("--threshold does not apply to rstitch+: it runs at the tau its router was trained for")
+    threshold = (args.threshold if args.threshold is not None
+                 else router_tau if policy is Policy.RSTITCH_PLUS and router_tau is not None
+                 else RoutingParams.threshold)
+    routing = RoutingParams(policy=policy, threshold=threshold, draft_tokens=args.draft_tokens)
     return sampling, routing
 
 
@@ -72,10 +81,18 @@ def parse_messages(value: str) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    sampling, routing = request_params(args)  # bad values fail before any model is loaded
+    from rstitch_core.router import LearnedRouter
+
+    router = LearnedRouter.load(args.router) if args.router else None  # bad files fail before the models load
+    sampling, routing = request_params(args, router.config.tau if router else None)
+    if (router is None) != (routing.policy is not Policy.RSTITCH_PLUS):
+        raise ValueError("--policy rstitch+ needs --router PATH" if router is None
+                         else "--router is only used by --policy rstitch+")
     messages = parse_messages(args.messages) if args.messages is not None else None
     engine = load_engine(args, quiet=args.json)
-    events = engine.generate(args.prompt, messages, sampling=sampling, routing=routing)
+    if router is not None:
+        router.bind(engine.slm)
+    events = engine.generate(args.prompt, messages, sampling=sampling, routing=routing, router=router)
     if args.json:
         print(json.dumps(Generation.collect(events).to_dict(), ensure_ascii=False))
         return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rstitch_cli import bench, client, demo, eval, generate, serve
+from rstitch_cli import bench, client, demo, eval, generate, router, serve, train_pair
 
 
 class Parser(argparse.ArgumentParser):
@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parser(sub)
     demo.add_parser(sub)
     eval.add_parser(sub)
+    router.add_parser(sub)
+    train_pair.add_parser(sub)
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import os
 import signal
 import sys
@@ -21,6 +22,8 @@ def add_parser(sub) -> None:
     p.add_argument("--config", metavar="YAML", help="a Serve config (e.g. deploy/serve_config.yaml); its app "
                    "args and gRPC port are used, flags given here override them")
     p.add_argument("--llm-replicas", type=int, help="LLM worker replicas (default: 1)")
+    p.add_argument("--router", metavar="PATH", help="R-Stitch+ router file: serves POLICY_RSTITCH_PLUS "
+                   "(the SLM worker runs it)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default: bfloat16)")
     p.add_argument("--port", type=int, help="gRPC port (default: 9000)")
     p.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs for the local Ray cluster")
@@ -46,11 +49,17 @@ def app_settings(args: argparse.Namespace) -> tuple[dict, int]:
             raise ValueError(f"--config: expected one application with import_path services.app:build_app in {args.config!r}")
         app_args = dict(apps[0].get("args") or {})
         port = (config.get("grpc_options") or {}).get("port", port)
-    for flag, key in (("slm", "slm"), ("llm", "llm"), ("llm_replicas", "llm_replicas"), ("dtype", "dtype")):
+    for flag, key in (("slm", "slm"), ("llm", "llm"), ("llm_replicas", "llm_replicas"), ("dtype", "dtype"),
+                      ("router", "router")):
         if getattr(args, flag) is not None:
             app_args[key] = getattr(args, flag)
     if (app_args.get("slm") is None) != (app_args.get("llm") is None):
         raise ValueError("give both --slm and --llm (or both in the config), or neither for the default pair")
+    if app_args.get("router") is not None:
+        router = Path(app_args["router"]).resolve()
+        if not router.is_file():
+            raise ValueError(f"--router: router file {str(router)!r} does not exist")
+        app_args["router"] = str(router)  # Ray's workers may run in another directory
     if args.port is not None:
         port = args.port
     return app_args, port

@@ -78,20 +78,20 @@ def fit(prefills: Sequence[tuple[int, int, float]], decodes: Sequence[tuple[int,
     return ModelCost(tuple(prefill), tuple(decode))
 
 
-def profile(runner, sizes: Sequence[int] = (2, 8, 32, 128), contexts: Sequence[int] = (16, 128, 512),
+def profile(runner, sizes: Sequence[int] = (2, 8, 32, 128), contexts: Sequence[int] = (8, 32, 128, 512),
             reps: int = 3) -> ModelCost:
     """Time `runner`'s partial prefills (n tokens on kv cached) and decode steps; fit the model.
 
     Each point is the median of `reps` passes; the cache is cropped back between passes so every
-    pass sees the same kv. Contexts beyond the model's window are skipped.
+    pass sees the same kv. Points beyond the model's context window are skipped.
     """
     prefills, decodes = [], []
     for kv in contexts:
-        if kv + max(sizes) >= runner.max_context:
+        if kv + 1 >= runner.max_context:
             continue
         cache = runner.new_cache()
         runner.forward(cache, [(i * 7) % runner.vocab_size for i in range(kv)])
-        for n in (1, *sizes):
+        for n in (1, *(n for n in sizes if kv + n < runner.max_context)):
             tokens = [(i * 11 + 3) % runner.vocab_size for i in range(n)]
             times = []
             for _ in range(reps):
@@ -103,3 +103,10 @@ def profile(runner, sizes: Sequence[int] = (2, 8, 32, 128), contexts: Sequence[i
             else:
                 prefills.append((n, kv, seconds))
     return fit(prefills, decodes)
+
+
+def profile_pair(engine, reps: int = 3, device: str = "") -> CostModel:
+    """Profile both models of an Engine (one warm-up pass each first) and return the pair's fit."""
+    for runner in (engine.slm, engine.llm):
+        runner.forward(runner.new_cache(), [0, 1])
+    return CostModel(profile(engine.slm, reps=reps), profile(engine.llm, reps=reps), device)

@@ -31,8 +31,8 @@ class ModelSpec:
 
 # Sizes chosen so the SLM is right on roughly half the problems and the LLM on nearly all of them:
 # that gap is what routing has to recover.
-SLM_SPEC = ModelSpec(hidden=64, layers=2, steps=600)
-LLM_SPEC = ModelSpec(hidden=128, layers=4, steps=1500)
+SLM_SPEC = ModelSpec(hidden=64, layers=2, steps=400)
+LLM_SPEC = ModelSpec(hidden=128, layers=4, steps=800)
 
 
 def build_tokenizer():

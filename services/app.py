@@ -50,6 +50,7 @@ class AppConfig:
     max_cached_tokens: int = 262_144
     torch_threads: int | None = None
     default_threshold: float = 0.02  # tau for requests that leave routing.threshold unset
+    router: str | None = None  # R-Stitch+ router file for POLICY_RSTITCH_PLUS; loaded by the SLM worker
 
     def __post_init__(self) -> None:
         tau = self.default_threshold
@@ -74,7 +75,8 @@ class AppConfig:
 
     def worker(self, role: str) -> WorkerConfig:
         return WorkerConfig(getattr(self, role), self.dtype, getattr(self, f"{role}_device"),
-                            self.max_sessions, self.max_cached_tokens, self.torch_threads)
+                            self.max_sessions, self.max_cached_tokens, self.torch_threads,
+                            self.router if role == "slm" else None)
 
     def actor_options(self, role: str) -> dict:
         options = {"num_cpus": getattr(self, f"{role}_num_cpus"), "num_gpus": getattr(self, f"{role}_num_gpus")}

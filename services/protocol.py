@@ -21,9 +21,10 @@ from rstitch_core.events import (Event, FinishEvent, FinishReason, GenerationSta
 from rstitch_core.prompts import validate_messages
 
 POLICIES = {pb.POLICY_UNSPECIFIED: Policy.RSTITCH, pb.POLICY_RSTITCH: Policy.RSTITCH,
-            pb.POLICY_LLM: Policy.LLM, pb.POLICY_SLM: Policy.SLM, pb.POLICY_SPECULATIVE: Policy.SPECULATIVE}
+            pb.POLICY_LLM: Policy.LLM, pb.POLICY_SLM: Policy.SLM, pb.POLICY_SPECULATIVE: Policy.SPECULATIVE,
+            pb.POLICY_RSTITCH_PLUS: Policy.RSTITCH_PLUS}
 POLICY_ENUMS = {Policy.RSTITCH: pb.POLICY_RSTITCH, Policy.LLM: pb.POLICY_LLM, Policy.SLM: pb.POLICY_SLM,
-                Policy.SPECULATIVE: pb.POLICY_SPECULATIVE}
+                Policy.SPECULATIVE: pb.POLICY_SPECULATIVE, Policy.RSTITCH_PLUS: pb.POLICY_RSTITCH_PLUS}
 MODELS = {"slm": pb.MODEL_SLM, "llm": pb.MODEL_LLM}
 DIRECTIONS = {"slm_to_llm": pb.SWITCH_DIRECTION_SLM_TO_LLM, "llm_to_slm": pb.SWITCH_DIRECTION_LLM_TO_SLM}
 FINISH_REASONS = {FinishReason.EOS: pb.FINISH_REASON_EOS, FinishReason.STOP: pb.FINISH_REASON_STOP,
@@ -45,9 +46,15 @@ class ParsedRequest:
 
 # ---- requests ---------------------------------------------------------------------------------
 
-def parse_request(req: pb.GenerateRequest, default_threshold: float | None = None) -> ParsedRequest:
+class NoRouter(RuntimeError):
+    """An rstitch+ request reached a server that holds no router (FAILED_PRECONDITION)."""
+
+
+def parse_request(req: pb.GenerateRequest, default_threshold: float | None = None,
+                  router_tau: float | None = None) -> ParsedRequest:
     """Validate a request and fill unset optional fields with the core defaults
-    (an unset routing.threshold with `default_threshold` when given: the server's tau).
+    (an unset routing.threshold with `default_threshold` when given: the server's tau). rstitch+
+    runs at `router_tau`, the tau of the server's router (NoRouter when it has none).
 
     Raises ValueError whose message starts with the field path, e.g.
     "sampling.max_new_tokens must be an integer >= 1, got 0" (servers answer INVALID_ARGUMENT).
@@ -57,7 +64,7 @@ def parse_request(req: pb.GenerateRequest, default_threshold: float | None = Non
     _reject_unknown_fields(req, "")
     prompt, messages = _parse_input(req)
     return ParsedRequest(prompt, messages, _parse_sampling(req.sampling),
-                         _parse_routing(req.routing, default_threshold), req.request_id or uuid.uuid4().hex)
+                         _parse_routing(req.routing, default_threshold, router_tau), req.request_id or uuid.uuid4().hex)
 
 
 @dataclass(frozen=True)
@@ -114,10 +121,18 @@ def _parse_sampling(s: pb.SamplingParams) -> SamplingParams:
         stop=tuple(s.stop)))
 
 
-def _parse_routing(r: pb.RoutingParams, default_threshold: float | None) -> RoutingParams:
+def _parse_routing(r: pb.RoutingParams, default_threshold: float | None, router_tau: float | None) -> RoutingParams:
     if r.policy not in POLICIES:
         accepted = ", ".join(f"{n} ({pb.Policy.Name(n)})" for n in POLICIES)
         raise ValueError(f"routing.policy: unknown value {r.policy}; accepted: {accepted}")
+    if POLICIES[r.policy] is Policy.RSTITCH_PLUS:
+        if r.HasField("threshold"):
+            raise ValueError(f"routing.threshold must be unset for POLICY_RSTITCH_PLUS (it runs at its router's "
+                             f"tau{'' if router_tau is None else f' = {router_tau:g}'}), got {r.threshold:g}")
+        if router_tau is None:
+            raise NoRouter("POLICY_RSTITCH_PLUS: this server holds no router; start it with --router PATH "
+                           "(rstitch serve) or set router in the Serve config")
+        default_threshold = router_tau
     d = RoutingParams()
     return _prefixed("routing.", lambda: RoutingParams(
         policy=POLICIES[r.policy],
@@ -170,7 +185,9 @@ def build_request(prompt: str | None = None, messages: Sequence[dict] | None = N
         s.seed = sampling.seed
     s.stop.extend(sampling.stop)
     r = req.routing
-    r.policy, r.threshold, r.draft_tokens = POLICY_ENUMS[routing.policy], routing.threshold, routing.draft_tokens
+    r.policy, r.draft_tokens = POLICY_ENUMS[routing.policy], routing.draft_tokens
+    if routing.policy is not Policy.RSTITCH_PLUS:  # rstitch+ runs at the server's router's tau
+        r.threshold = routing.threshold
     return req
 
 

@@ -16,7 +16,7 @@ from rstitch_core.models.loading import check_tokenizers, load_tokenizer
 from rstitch_core.prompts import check_prompt_ids, encode_prompt
 from rstitch_core.sequence import Sequence
 from services.metrics import BUSY, CANCELLED, ERROR, INVALID, RouterMetrics
-from services.protocol import finish_response, parse_request, switch_response, tokens_response
+from services.protocol import NoRouter, finish_response, parse_request, switch_response, tokens_response
 from services.session import RemoteSession
 from services.worker import WorkerBusy, resolve_model_source
 
@@ -47,7 +47,7 @@ class Router:
                 if slm["eos_token_ids"] != llm["eos_token_ids"]:
                     raise RuntimeError(f"incompatible models: the SLM stops on ids {slm['eos_token_ids']} "
                                        f"but the LLM on {llm['eos_token_ids']}")
-                self._pair = {"eos_token_ids": frozenset(llm["eos_token_ids"]),
+                self._pair = {"eos_token_ids": frozenset(llm["eos_token_ids"]), "router_tau": slm.get("router_tau"),
                               "max_context": min(slm["max_context"], llm["max_context"]),
                               "vocab_size": min(slm["vocab_size"], llm["vocab_size"])}
             return self._pair
@@ -57,7 +57,7 @@ class Router:
         started = time.perf_counter()
         pair = await self.pair_info()
         try:
-            parsed = parse_request(request, self.default_threshold)
+            parsed = parse_request(request, self.default_threshold, pair["router_tau"])
             if parsed.sampling.max_new_tokens > pair["max_context"]:
                 raise ValueError(f"sampling.max_new_tokens must be <= {pair['max_context']} (the context "
                                  f"window), got {parsed.sampling.max_new_tokens}")
@@ -66,6 +66,10 @@ class Router:
         except ValueError as err:
             self.metrics.request("unknown").close(INVALID, time.perf_counter() - started)
             _abort(grpc_context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            raise
+        except NoRouter as err:
+            self.metrics.request("rstitch+").close(INVALID, time.perf_counter() - started)
+            _abort(grpc_context, grpc.StatusCode.FAILED_PRECONDITION, str(err))
             raise
         if self.active_requests >= self.max_concurrent_requests:
             self.metrics.request(parsed.routing.policy.value).close(BUSY, time.perf_counter() - started)

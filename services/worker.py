@@ -38,6 +38,7 @@ class WorkerConfig:
     max_sessions: int = 64
     max_cached_tokens: int = 262_144
     torch_threads: int | None = None  # None: every core this process may use
+    router: str | None = None  # SLM only: an R-Stitch+ router file, consulted in rstitch+ turns
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_sessions, int) or self.max_sessions < 1:
@@ -105,6 +106,14 @@ class ModelWorker:
         if device == "auto":
             device = "cuda:0" if torch.cuda.is_available() else "cpu"
         self.runner = load_model(resolve_model_source(config.source, self.role), config.dtype, device, name=self.role)
+        self.router = None
+        if config.router is not None:
+            if self.role != "slm":
+                raise ValueError("a router runs in the SLM worker; give it to the SLM only")
+            from rstitch_core.router import LearnedRouter
+
+            # Running it here, next to the hidden states, costs no extra round trip.
+            self.router = LearnedRouter.load(config.router, slm=self.runner)
         self.sessions: OrderedDict[str, Session] = OrderedDict()  # least recently used first
         # Released ids, remembered so that a call already in flight when its request was cancelled
         # cannot bring the session back (ids are unique per request; the memory is bounded).
@@ -118,6 +127,7 @@ class ModelWorker:
     async def info(self) -> dict:
         """What the router needs to know about this model."""
         return {"role": self.role, "eos_token_ids": sorted(self.runner.eos_token_ids),
+                "router_tau": self.router.config.tau if self.router is not None else None,
                 "max_context": self.runner.max_context, "vocab_size": self.runner.vocab_size,
                 "device": str(self.runner.device)}
 
@@ -126,7 +136,7 @@ class ModelWorker:
         {"token", "entropy"} and finish with {"end": True, "handoff", ...} (see _end)."""
         session, rebuilt = self._checkout(call)
         try:
-            turn = run_turn(session.seq, session.state, call.routing, session.sampler)
+            turn = run_turn(session.seq, session.state, call.routing, session.sampler, self.router)
             while True:
                 done, value = await self._in_thread(session, _advance, turn)
                 if done:

@@ -44,3 +44,13 @@ def close_pair(tmp_path_factory):
         for p in llm.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * 0.03)
     return Engine(ModelRunner(slm, tokenizer, "slm"), ModelRunner(llm, tokenizer, "llm"))
+
+
+@pytest.fixture(scope="session")
+def router_file(engine, tmp_path_factory) -> Path:
+    """A saved (untrained, random) R-Stitch+ router for the tiny pair's SLM, tau 0.5."""
+    from tiny_models import make_router
+
+    path = tmp_path_factory.mktemp("router") / "router.safetensors"
+    make_router(engine.slm, tau=0.5, seed=3).save(path)
+    return path

@@ -68,3 +68,17 @@ def save_pair(root: Path, **llm_overrides) -> tuple[Path, Path]:
         tokenizer.save_pretrained(folder)
         paths.append(folder)
     return paths[0], paths[1]
+
+
+def make_router(slm, tau: float = 0.5, always: bool | None = None, seed: int = 0):
+    """A LearnedRouter for the runner `slm`: random weights, or forced to always hand over (True)
+    or always keep (False) by a large output bias."""
+    from rstitch_core.router import LearnedRouter, RouterConfig, slm_fingerprint
+
+    torch.manual_seed(seed)
+    router = LearnedRouter(RouterConfig(slm_name="tiny-slm", slm_fingerprint=slm_fingerprint(slm),
+                                        hidden_size=slm.hidden_size, tau=tau, max_context=slm.max_context))
+    if always is not None:
+        with torch.no_grad():
+            router.net.mlp[-1].bias.fill_(50.0 if always else -50.0)
+    return router

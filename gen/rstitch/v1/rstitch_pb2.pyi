@@ -14,6 +14,7 @@ class Policy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     POLICY_LLM: _ClassVar[Policy]
     POLICY_SLM: _ClassVar[Policy]
     POLICY_SPECULATIVE: _ClassVar[Policy]
+    POLICY_RSTITCH_PLUS: _ClassVar[Policy]
 
 class Model(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -39,6 +40,7 @@ POLICY_RSTITCH: Policy
 POLICY_LLM: Policy
 POLICY_SLM: Policy
 POLICY_SPECULATIVE: Policy
+POLICY_RSTITCH_PLUS: Policy
 MODEL_UNSPECIFIED: Model
 MODEL_SLM: Model
 MODEL_LLM: Model
