@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rstitch_cli.common import add_model_args, load_engine, model_sources
 
-GSM8K_TRAIN = range(0, 500)  # development problems; 500-999 are kept for evaluating routers
+GSM8K_TRAIN = range(500)  # development problems; 500-999 are kept for evaluating routers
 
 
 def add_parser(sub) -> None:
@@ -34,6 +34,8 @@ def add_parser(sub) -> None:
     t.add_argument("--supervised-problems", type=int, default=32,
                    help="of those, how many give supervised labels (default: %(default)s)")
     t.add_argument("--supervised-epochs", type=int, default=200, help="(default: %(default)s)")
+    t.add_argument("--recall", type=float, default=0.9, help="share of held-out 'LLM disagrees' positions "
+                   "the router must hand over; sets its decision threshold (default: %(default)s)")
     t.add_argument("--rl-steps", type=int, default=20, help="0 = supervised only (default: %(default)s)")
     t.add_argument("--rl-problems-per-step", type=int, default=8, help="(default: %(default)s)")
     t.add_argument("--rl-group", type=int, default=8, help="rollouts per problem (default: %(default)s)")
@@ -83,7 +85,9 @@ def train(args: argparse.Namespace) -> int:
                          f"500-999 evaluate), got {args.problems}")
     rl = RLConfig(steps=args.rl_steps, problems_per_step=args.rl_problems_per_step, group=args.rl_group,
                   latency_weight=args.latency_weight, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    supervised = SupervisedConfig(epochs=args.supervised_epochs, seed=args.seed)
+    if not 0 < args.recall <= 1:
+        raise ValueError(f"--recall must be in (0, 1], got {args.recall}")
+    supervised = SupervisedConfig(epochs=args.supervised_epochs, recall=args.recall, seed=args.seed)
     task = get_task(args.dataset)
     if args.dataset == "gsm8k":
         import random
@@ -109,8 +113,10 @@ def print_report(report: dict) -> None:
     if sup:
         print(f"supervised: {sup['decisions']} decisions, {sup['handover_labels']:.1%} labelled hand over; "
               f"train loss {sup['train_loss_before']:.3f} -> {sup['train_loss_after']:.3f}"
-              + (f", validation loss {sup['val_loss_before']:.3f} -> {sup['val_loss_after']:.3f}, "
-                 f"accuracy {sup['val_accuracy']:.1%}" if "val_loss_after" in sup else ""))
+              + (f", validation loss {sup['val_loss_before']:.3f} -> {sup['val_loss_after']:.3f} "
+                 f"(epoch {sup['epochs_kept']}); decision threshold {sup['decision_threshold']:.3f}: "
+                 f"validation recall {sup['val_recall']:.1%}, hand over {sup['val_handover_rate']:.1%}"
+                 if "val_loss_after" in sup and sup.get("val_recall") is not None else ""))
     for row in report.get("rl", []):
         print(f"rl step {row['step']:>3}: accuracy {row['accuracy']:.2f}, L_hat {row['relative_latency']:.2f}, "
               f"llm share {row['llm_token_share']:.2f}, {row['decisions']} decisions")

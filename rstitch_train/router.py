@@ -33,7 +33,11 @@ class SupervisedConfig:
     epochs: int = 200
     lr: float = 3e-3
     weight_decay: float = 1e-2
-    validation: float = 0.2  # share of decisions held out to report the validation loss
+    validation: float = 0.2  # share of decisions held out (early stopping, decision threshold)
+    # Keeping the SLM's token where the LLM disagrees can ruin the answer, handing over needlessly
+    # only costs time: the decision threshold is set so that this share of the held-out
+    # "hand over" labels is caught.
+    recall: float = 0.9
     seed: int = 0
 
 
@@ -50,8 +54,7 @@ def train_supervised(router: LearnedRouter, data: Decisions, cfg: SupervisedConf
     order = torch.randperm(len(data), generator=g)
     n_val = int(len(data) * cfg.validation) if len(data) >= 10 else 0
     val, train = order[:n_val], order[n_val:]
-    pick = lambda idx: Decisions(data.hidden[idx], data.scalars[idx], data.labels[idx])  # noqa: E731
-    tr, va = pick(train), pick(val)
+    tr, va = (Decisions(data.hidden[i], data.scalars[i], data.labels[i]) for i in (train, val))
     positives = float(tr.labels.sum())
     pos_weight = (len(tr) - positives) / positives if positives else 1.0
     report = {"decisions": len(data), "handover_labels": float(data.labels.mean()),
@@ -61,19 +64,42 @@ def train_supervised(router: LearnedRouter, data: Decisions, cfg: SupervisedConf
     torch.manual_seed(cfg.seed)
     router.net.train()
     opt = torch.optim.AdamW(router.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    for _ in tqdm(range(cfg.epochs), desc="supervised", disable=not progress, file=sys.stderr, dynamic_ncols=True):
+    # The labels are few and noisy: keep the weights of the epoch with the lowest validation loss.
+    best, best_state, best_epoch = math.inf, None, cfg.epochs
+    for epoch in tqdm(range(cfg.epochs), desc="supervised", disable=not progress, file=sys.stderr,
+                      dynamic_ncols=True):
         loss = F.binary_cross_entropy_with_logits(router.net(tr.hidden, tr.scalars), tr.labels,
                                                   pos_weight=torch.tensor(pos_weight))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if n_val:
+            val_loss = supervised_loss(router, va, pos_weight)
+            if val_loss < best:
+                best, best_epoch = val_loss, epoch + 1
+                best_state = {k: v.detach().clone() for k, v in router.net.state_dict().items()}
+    if best_state is not None:
+        router.net.load_state_dict(best_state)
     router.net.eval()
+    report["epochs_kept"] = best_epoch
     report["train_loss_after"] = supervised_loss(router, tr, pos_weight)
     if n_val:
         report["val_loss_after"] = supervised_loss(router, va, pos_weight)
         with torch.no_grad():
-            predicted = router.net(va.hidden, va.scalars) > 0
-            report["val_accuracy"] = float((predicted == va.labels.bool()).float().mean())
+            p = torch.sigmoid(router.net(va.hidden, va.scalars))
+        positives = p[va.labels.bool()]
+        if len(positives):
+            # the largest threshold that still catches `recall` of the positives
+            threshold = float(torch.quantile(positives, 1 - cfg.recall).clamp(1e-4, 1 - 1e-4))
+            # Folded into the output bias, so P = 0.5 is the boundary: the sampled policy of the
+            # RL stage then explores around the same decisions the deployed router makes.
+            with torch.no_grad():
+                router.net.mlp[-1].bias -= math.log(threshold / (1 - threshold))
+            report["decision_threshold"] = threshold
+        predicted = p >= report.get("decision_threshold", 0.5)
+        report["val_accuracy"] = float((predicted == va.labels.bool()).float().mean())
+        report["val_recall"] = float(predicted[va.labels.bool()].float().mean()) if len(positives) else None
+        report["val_handover_rate"] = float(predicted.float().mean())
     return report
 
 
@@ -87,6 +113,7 @@ class RLConfig:
     clip_low: float = 0.2
     clip_high: float = 0.28
     latency_weight: float = 0.5  # lambda, on the unitless latency estimate L_hat
+    std_floor: float = 0.1  # see group_advantages
     max_new_tokens: int = 64
     seed: int = 0
 
@@ -133,13 +160,18 @@ def relative_latency(cost: CostModel, passes: dict, prompt_len: int, generated: 
     return spent / llm_only if llm_only > 0 else 0.0
 
 
-def group_advantages(rewards: list[float]) -> list[float] | None:
-    """(R - mean) / std within one group; None when all rewards are equal (no signal)."""
+def group_advantages(rewards: list[float], std_floor: float = 0.0) -> list[float] | None:
+    """(R - mean) / max(std, std_floor) within one group; None when all rewards are equal.
+
+    The floor matters here: in a group where every answer is right, rewards differ only by a few
+    hundredths of latency, and plain normalization would blow those up into the same +-1
+    advantages as a group split between right and wrong answers (and drown accuracy in latency).
+    """
     mean = sum(rewards) / len(rewards)
     std = (sum((r - mean) ** 2 for r in rewards) / len(rewards)) ** 0.5
     if std < 1e-8:
         return None
-    return [(r - mean) / std for r in rewards]
+    return [(r - mean) / max(std, std_floor) for r in rewards]
 
 
 def clipped_loss(logits: torch.Tensor, actions: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor,
@@ -177,7 +209,7 @@ def train_rl(engine, router: LearnedRouter, problems: list, grade, cost: CostMod
                 accs.append(acc)
                 lats.append(lat)
                 shares.append(g.stats.llm_token_share)
-            advantages = group_advantages(rewards)
+            advantages = group_advantages(rewards, cfg.std_floor)
             if advantages is None:
                 continue
             for policy, a in zip(rollouts, advantages):

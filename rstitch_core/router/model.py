@@ -147,7 +147,7 @@ class LearnedRouter:
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
         except Exception as err:  # noqa: BLE001 - safetensors raises several types for bad files
             raise RouterError(f"{path}: not a router file ({err})") from None
         if meta.get("format") != FORMAT:

@@ -63,7 +63,7 @@ def test_generate_with_rstitch_plus(trained, capsys):
 def test_generate_argument_errors(trained, capsys, extra, message):
     root, pair = trained
     extra = [str(root / "router.safetensors") if a == "ROUTER" else a for a in extra]
-    code, out, err = cli(capsys, "generate", *pair, "--prompt", "1+1=?", *extra)
+    code, _, err = cli(capsys, "generate", *pair, "--prompt", "1+1=?", *extra)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 

@@ -12,8 +12,15 @@ from rstitch_core.costmodel import CostModel, ModelCost
 from rstitch_eval.tasks import get_task
 from rstitch_train.labels import collect_labels
 from rstitch_train.pipeline import train_router
-from rstitch_train.router import (RLConfig, SupervisedConfig, clipped_loss, group_advantages,
-                                  relative_latency, train_rl, train_supervised)
+from rstitch_train.router import (
+    RLConfig,
+    SupervisedConfig,
+    clipped_loss,
+    group_advantages,
+    relative_latency,
+    train_rl,
+    train_supervised,
+)
 
 PROMPTS = ["Natalia sold clips", "def add(a, b):", "the quick brown fox", "Step 1: multiply."]
 # Made-up costs: the LLM's decode step is 3x the SLM's, prefill is linear in new tokens.
