@@ -82,10 +82,14 @@ class Engine:
         if passes is not None:
             passes.update(slm=slm.passes, llm=llm.passes)
         sampler = Sampler(sampling)
-        if routing.policy is Policy.SPECULATIVE:
-            yield from speculate(seq, slm, llm, routing, sampler)
-        else:
-            yield from stitch(seq, slm, llm, routing, sampler, router)
+        try:
+            if routing.policy is Policy.SPECULATIVE:
+                yield from speculate(seq, slm, llm, routing, sampler)
+            else:
+                yield from stitch(seq, slm, llm, routing, sampler, router)
+        finally:
+            slm.release()
+            llm.release()
 
 
 def check_router(routing: RoutingParams, router: SwitchRouter | None) -> None:

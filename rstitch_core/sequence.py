@@ -52,6 +52,17 @@ class ModelState:
         self.stats.seconds += out.seconds
         return out
 
+    def idle(self) -> None:
+        """This model's turn is over: a batched runner need not wait for this sequence's next pass."""
+        if self.cache is not None and hasattr(self.runner, "idle"):
+            self.runner.idle(self.cache)
+
+    def release(self) -> None:
+        """Free the cache (a batched runner's slot goes back to its pool)."""
+        if self.cache is not None and hasattr(self.runner, "release"):
+            self.runner.release(self.cache)
+        self.cache = None
+
     def rollback(self, num_tokens: int) -> None:
         """Keep only the first `num_tokens` cached positions (drop rejected tokens)."""
         if self.cache is not None:

@@ -51,6 +51,8 @@ class AppConfig:
     torch_threads: int | None = None
     default_threshold: float = 0.02  # tau for requests that leave routing.threshold unset
     router: str | None = None  # R-Stitch+ router file for POLICY_RSTITCH_PLUS; loaded by the SLM worker
+    batching: bool = True  # each worker runs its sessions' passes as one batched pass per step
+    batch_linger_s: float = 0.02  # how long a step waits for the sessions of the previous step
 
     def __post_init__(self) -> None:
         tau = self.default_threshold
@@ -76,7 +78,7 @@ class AppConfig:
     def worker(self, role: str) -> WorkerConfig:
         return WorkerConfig(getattr(self, role), self.dtype, getattr(self, f"{role}_device"),
                             self.max_sessions, self.max_cached_tokens, self.torch_threads,
-                            self.router if role == "slm" else None)
+                            self.router if role == "slm" else None, self.batching, self.batch_linger_s)
 
     def actor_options(self, role: str) -> dict:
         options = {"num_cpus": getattr(self, f"{role}_num_cpus"), "num_gpus": getattr(self, f"{role}_num_gpus")}

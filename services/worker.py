@@ -20,7 +20,9 @@ import torch
 
 from rstitch_core.config import RoutingParams, SamplingParams
 from rstitch_core.events import ModelStats, Source
+from rstitch_core.models.batched import supports_batching
 from rstitch_core.models.loading import load_model
+from rstitch_core.models.scheduler import BatchedRunner
 from rstitch_core.policies.speculative import Draft, draft, verify
 from rstitch_core.policies.stitch import run_turn
 from rstitch_core.sampling import Sampler
@@ -39,8 +41,12 @@ class WorkerConfig:
     max_cached_tokens: int = 262_144
     torch_threads: int | None = None  # None: every core this process may use
     router: str | None = None  # SLM only: an R-Stitch+ router file, consulted in rstitch+ turns
+    batching: bool = True  # run concurrent sessions' passes as one batched pass per step
+    batch_linger_s: float = 0.02  # how long a step waits for the previous step's sessions
 
     def __post_init__(self) -> None:
+        if not isinstance(self.batch_linger_s, (int, float)) or not 0 <= self.batch_linger_s <= 1:
+            raise ValueError(f"batch_linger_s must be a number of seconds in [0, 1], got {self.batch_linger_s!r}")
         if not isinstance(self.max_sessions, int) or self.max_sessions < 1:
             raise ValueError(f"max_sessions must be an integer >= 1, got {self.max_sessions!r}")
         if not isinstance(self.max_cached_tokens, int) or self.max_cached_tokens < 1:
@@ -105,7 +111,12 @@ class ModelWorker:
         device = config.device
         if device == "auto":
             device = "cuda:0" if torch.cuda.is_available() else "cpu"
-        self.runner = load_model(resolve_model_source(config.source, self.role), config.dtype, device, name=self.role)
+        base = load_model(resolve_model_source(config.source, self.role), config.dtype, device, name=self.role)
+        why_not = supports_batching(base.model) if config.batching else "batching is off"
+        # Batched: each session's loop runs in its own thread and blocks in forward() until the
+        # scheduler's next batched pass; unbatched: one pass at a time on one thread.
+        self.runner = BatchedRunner(base, config.batch_linger_s) if why_not is None else base
+        self.batching_off_reason = why_not
         self.router = None
         if config.router is not None:
             if self.role != "slm":
@@ -122,7 +133,8 @@ class ModelWorker:
         self.metrics = WorkerMetrics(self.role)
         # Forward passes block; running them off the event loop keeps streams, cancellations
         # and other sessions' calls flowing while a pass runs.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.role}-forward")
+        threads = config.max_sessions if why_not is None else 1
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{self.role}-session")
 
     async def info(self) -> dict:
         """What the router needs to know about this model."""
@@ -140,6 +152,7 @@ class ModelWorker:
             while True:
                 done, value = await self._in_thread(session, _advance, turn)
                 if done:
+                    session.state.idle()
                     yield self._end(session, rebuilt, handoff=value)
                     return
                 yield {"token": value.token_id, "entropy": value.entropy}
@@ -158,6 +171,7 @@ class ModelWorker:
         session, rebuilt = self._checkout(call)
         try:
             result = await self._in_thread(session, work, session)
+            session.state.idle()
             return {**self._end(session, rebuilt), key: result}
         finally:
             self._checkin(call.session_id, session)
@@ -167,9 +181,11 @@ class ModelWorker:
         self._released[session_id] = None
         if len(self._released) > _RELEASED_MEMORY:
             self._released.popitem(last=False)
-        held = self.sessions.pop(session_id, None) is not None
+        session = self.sessions.pop(session_id, None)
+        if session is not None:
+            self._free(session)
         self._report()
-        return held
+        return session is not None
 
     async def evict(self, session_id: str) -> bool:
         """Drop a session's cache as LRU eviction would (its request may go on: the next call
@@ -186,7 +202,9 @@ class ModelWorker:
 
         return {"role": self.role, "replica": _replica_id(), "sessions": len(self.sessions),
                 "cached_tokens": self._cached_tokens(), "session_ids": list(self.sessions),
-                "rss_bytes": psutil.Process().memory_info().rss, **asdict(self.counters)}
+                "rss_bytes": psutil.Process().memory_info().rss, **asdict(self.counters),
+                "batching": asdict(self.runner.stats) if isinstance(self.runner, BatchedRunner) else None,
+                "slots_in_use": self.runner.kv.slots_in_use if isinstance(self.runner, BatchedRunner) else None}
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -201,6 +219,8 @@ class ModelWorker:
                      and call.token_ids[:len(session.seq.token_ids)] == session.seq.token_ids)
         rebuilt = not mirror_ok and not call.first  # the router expected a replica to hold it
         if not mirror_ok:
+            if session is not None:
+                self._free(session)
             self._make_room()
             session = self._new_session(call)
         session.state.rollback(min(session.state.num_cached, call.keep))
@@ -258,8 +278,15 @@ class ModelWorker:
                                  f"(max_sessions={self.config.max_sessions})")
             self._drop(victim)
 
+    def _free(self, session: Session) -> None:
+        """Release a discarded session's cache, once no forward pass of it is running any more."""
+        if session.forward is not None and not session.forward.done():
+            session.forward.add_done_callback(lambda _: session.state.release())
+        else:
+            session.state.release()
+
     def _drop(self, session_id: str) -> None:
-        del self.sessions[session_id]
+        self._free(self.sessions.pop(session_id))
         self.counters.evictions += 1
         self.metrics.evicted()
         self._report()

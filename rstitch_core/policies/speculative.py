@@ -39,7 +39,9 @@ def speculate(seq: Sequence, slm: ModelState, llm: ModelState, routing: RoutingP
     while seq.running:
         base = len(seq.token_ids)
         d = draft(seq, slm, sampler, min(routing.draft_tokens, seq.room))
+        slm.idle()
         v = verify(seq, llm, d, sampler)
+        llm.idle()
         emitted = accept(seq, d, v)
         kept = min(base + v.accepted, len(seq.token_ids))
         slm.rollback(kept)

@@ -21,6 +21,7 @@ def stitch(seq: Sequence, slm: ModelState, llm: ModelState, routing: RoutingPara
     active, other = (llm, slm) if routing.policy is Policy.LLM else (slm, llm)
     while seq.running:
         if (yield from run_turn(seq, active, routing, sampler, router)):
+            active.idle()  # a batched runner stops waiting for this sequence
             yield seq.switch(f"{active.source}_to_{other.source}", other.num_cached)
             active, other = other, active
     yield seq.finish()

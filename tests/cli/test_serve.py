@@ -13,7 +13,8 @@ CONFIG = ROOT / "deploy" / "serve_config.yaml"
 
 
 def ns(**kw):
-    base = dict(slm=None, llm=None, config=None, llm_replicas=None, dtype=None, port=None, metrics_port=8080)
+    base = dict(slm=None, llm=None, config=None, llm_replicas=None, dtype=None, port=None, metrics_port=8080,
+                router=None)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -50,3 +51,13 @@ def test_shipped_config_validates_and_builds():
         AppConfig.from_args({"bogus": 1})
     with pytest.raises(ValueError, match="llm_replicas must be an integer >= 1, got 0"):
         AppConfig.from_args({"llm_replicas": 0})
+
+
+def test_router_flag_becomes_an_absolute_path_and_must_exist(tmp_path, monkeypatch):
+    router = tmp_path / "r.safetensors"
+    router.write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    app_args, _ = app_settings(ns(router="r.safetensors"))
+    assert app_args["router"] == str(router)
+    with pytest.raises(ValueError, match="--router: router file .* does not exist"):
+        app_settings(ns(router="missing.safetensors"))

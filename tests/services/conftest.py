@@ -12,9 +12,10 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
 @pytest.fixture(scope="module")
-def service(pair_dirs, request):
-    """(gRPC address, app args, metrics URL) of a running app: SLM worker, 2 LLM replicas, router.
-    A test module can override app args with a module-level APP_ARGS dict."""
+def service(pair_dirs, router_file, request):
+    """(gRPC address, app args, metrics URL) of a running app: SLM worker (holding an R-Stitch+
+    router), 2 LLM replicas, router. A test module can override app args with a module-level
+    APP_ARGS dict."""
     import ray
     from ray import serve
     from ray.serve.config import gRPCOptions
@@ -23,7 +24,7 @@ def service(pair_dirs, request):
 
     port = free_port()
     args = {"slm": str(pair_dirs[0]), "llm": str(pair_dirs[1]), "dtype": "float32", "llm_replicas": 2,
-            "slm_num_cpus": 0.4, "llm_num_cpus": 0.4, "torch_threads": 1, **getattr(request.module, "APP_ARGS", {})}
+            "slm_num_cpus": 0.4, "llm_num_cpus": 0.4, "torch_threads": 1, "router": str(router_file), **getattr(request.module, "APP_ARGS", {})}
     metrics_port = free_port()
     # Metrics reach the node's exporter on Ray's report interval (>= 1 s): keep it short.
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port,

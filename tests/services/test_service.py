@@ -40,6 +40,34 @@ def test_grpc_stream_equals_the_in_process_engine(client, engine, policy):
         assert g["switches_slm_to_llm"] > 0 and g["switches_llm_to_slm"] > 0
 
 
+def test_rstitch_plus_runs_the_router_in_the_slm_worker_like_in_process(client, engine, router_file):
+    from rstitch_core.router import LearnedRouter
+
+    router = LearnedRouter.load(router_file, slm=engine.slm)
+    want = Generation.collect(engine.generate(PROMPT, sampling=SamplingParams(max_new_tokens=40),
+                                              routing=RoutingParams("rstitch+", router.config.tau),
+                                              router=router)).to_dict()
+    got = client.generate_result(prompt=PROMPT, sampling=SamplingParams(max_new_tokens=40),
+                                 routing=RoutingParams(policy="rstitch+"))
+    assert (got["token_ids"], got["sources"]) == (want["token_ids"], want["sources"])
+    assert got["stats"]["switches_slm_to_llm"] == want["stats"]["switches_slm_to_llm"]
+
+
+def test_rstitch_plus_with_a_threshold_is_invalid_argument(service):
+    from rstitch.v1 import rstitch_pb2 as pb
+    from services.client import RStitchClient
+
+    with RStitchClient(service[0]) as c:
+        request = pb.GenerateRequest(prompt="hi")
+        request.routing.policy = pb.POLICY_RSTITCH_PLUS
+        request.routing.threshold = 0.3
+        with pytest.raises(grpc.RpcError) as err:
+            list(c._stub.Generate(request))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "routing.threshold must be unset for POLICY_RSTITCH_PLUS (it runs at its router's tau = 0.5)" in (
+        err.value.details())
+
+
 def test_tokens_stream_before_the_request_finishes(client):
     start, arrivals = time.perf_counter(), []
     for response in client.generate(prompt=PROMPT, sampling=SamplingParams(max_new_tokens=120),
