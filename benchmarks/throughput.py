@@ -35,6 +35,7 @@ def main() -> int:
     p.add_argument("--threshold", type=float, default=0.05, help="tau for rstitch (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--compare-unbatched", action="store_true")
+    p.add_argument("--torch-threads", type=int, help="torch threads per worker (default: all cores each)")
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args()
     levels = [int(v) for v in args.levels.split(",")]
@@ -63,7 +64,8 @@ def run(args, levels: list[int]) -> dict:
     figures: dict = {"levels": {}, "unbatched": None, "threshold": args.threshold,
                      "max_new_tokens": args.max_new_tokens, "cpus": os.cpu_count()}
     app = {"slm": slm, "llm": llm, "dtype": args.dtype, "slm_num_cpus": 0.5, "llm_num_cpus": 0.5,
-           "max_sessions": max(64, max(levels))}
+           "max_sessions": max(64, max(levels)), "torch_threads": args.torch_threads}
+    figures["torch_threads"] = args.torch_threads
     try:
         serve.start(grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[GRPC_SERVICER]))
         serve.run(build_app(app), name="rstitch", route_prefix="/")
@@ -74,6 +76,8 @@ def run(args, levels: list[int]) -> dict:
             row = figures["levels"][c]
             print(f"concurrency {c}: llm {row['llm']['tokens_per_s']:.1f} tok/s, rstitch "
                   f"{row['rstitch']['tokens_per_s']:.1f} tok/s", file=sys.stderr, flush=True)
+        figures["batching"] = {role: serve.get_deployment_handle(f"{role}Worker", "rstitch").state.remote().result()
+                               .get("batching") for role in ("SLM", "LLM")}
         if args.compare_unbatched:
             serve.run(build_app({**app, "batching": False}), name="rstitch", route_prefix="/")
             warm_up(address, args)
@@ -132,7 +136,12 @@ def measure(address: str, policy: str, concurrency: int, args) -> dict:
 
 def print_table(f: dict, args) -> None:
     print(f"{f['max_new_tokens']} new tokens per request, tau = {f['threshold']}, greedy, {f['cpus']} CPUs, "
-          f"one request per stream, all streams started together")
+          f"torch threads per worker: {f['torch_threads'] or 'all'}, one request per stream, all streams started "
+          "together")
+    for role, b in (f.get("batching") or {}).items():
+        if b and b["steps"]:
+            print(f"{role} worker: {b['steps']} batched steps, mean {b['rows'] / b['steps']:.2f} sessions per step "
+                  f"(max {b['max_rows']}), {b['lingers']} steps waited the full linger")
     print("| streams | LLM-only tok/s | R-Stitch tok/s | ratio | LLM-only p50 / p95 s | R-Stitch p50 / p95 s "
           "| R-Stitch LLM share |")
     print("|---|---|---|---|---|---|---|")
