@@ -24,8 +24,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="results directory (results.jsonl, run.json, "
                    "summary.json, summary.md, accuracy_vs_speedup.png); a rerun resumes it")
     g = p.add_argument_group("run")
-    g.add_argument("--dataset", default="gsm8k", choices=["gsm8k", "arith"],
-                   help="gsm8k, or arith: the synthetic task of `rstitch train-pair` (default: %(default)s)")
+    g.add_argument("--dataset", default="gsm8k", choices=["gsm8k", "arith", "gsm-symbolic"],
+                   help="gsm8k; arith, the synthetic task of `rstitch train-pair`; gsm-symbolic, "
+                   "reasoning-gym's generated GSM-style problems (default: %(default)s)")
     g.add_argument("--limit", type=int, help="number of problems (default: all from --offset on)")
     g.add_argument("--offset", type=int, default=0, help="first problem id (default: %(default)s)")
     g.add_argument("--policies", default="llm,slm,speculative,rstitch",
@@ -176,7 +177,8 @@ def calibrate(args: argparse.Namespace) -> int:
 
 
 def plot_title(settings: dict) -> str:
-    dataset = {"gsm8k": "GSM8K", "arith": "arithmetic chains"}.get(settings.get("dataset"), "GSM8K")
+    dataset = {"gsm8k": "GSM8K", "arith": "arithmetic chains", "gsm-symbolic": "GSM-Symbolic (reasoning-gym)"}.get(
+        settings.get("dataset"), "GSM8K")
     if settings.get("backend") == "in-process":
         return f"{dataset}, {Path(settings['slm']).name} + {Path(settings['llm']).name}"
     return dataset

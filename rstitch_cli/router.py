@@ -26,8 +26,9 @@ def add_parser(sub) -> None:
     prof.set_defaults(run=profile)
     t = modes.add_parser("train", help="supervised warm start, then RL fine-tuning (base models frozen)")
     t.add_argument("--out", required=True, metavar="ROUTER.safetensors", help="router file (report: <out>.json)")
-    t.add_argument("--dataset", default="gsm8k", choices=["gsm8k", "arith"],
-                   help="training problems: gsm8k 0-499 or the arith task's training split (default: %(default)s)")
+    t.add_argument("--dataset", default="gsm8k", choices=["gsm8k", "gsm-symbolic", "arith"],
+                   help="training problems: gsm8k 0-499, reasoning-gym's generated gsm-symbolic problems, or "
+                   "the arith task's training split (default: %(default)s)")
     t.add_argument("--tau", type=float, required=True, help="the router is consulted where the SLM's entropy > tau")
     t.add_argument("--cost-model", metavar="COST.json", help="from `rstitch router profile` (default: profile now)")
     t.add_argument("--problems", type=int, default=64, help="training problems (default: %(default)s)")
@@ -94,10 +95,12 @@ def train(args: argparse.Namespace) -> int:
 
         ids = set(random.Random(args.seed).sample(list(GSM8K_TRAIN), args.problems))
         problems = [p for p in task.load(0, len(GSM8K_TRAIN)) if p.id in ids]
-    else:
+    elif args.dataset == "arith":
         from rstitch_eval.arith import load_arith
 
         problems = load_arith(0, args.problems, split="train")
+    else:
+        problems = task.load(0, args.problems)
     engine = load_engine(args)
     cost = CostModel.load(args.cost_model) if args.cost_model else profile_pair(engine, device=args.device)
     slm_name = Path(model_sources(args, quiet=True)[0]).name

@@ -21,6 +21,8 @@ TTFT_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
 ITL_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5]
 DURATION_BUCKETS = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800]
 SHARE_BUCKETS = [0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
+BATCH_BUCKETS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128]
+STEP_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5]
 
 # Outcomes of a request besides the finish reasons eos / stop / length / context.
 INVALID, BUSY, CANCELLED, ERROR = "invalid_argument", "resource_exhausted", "cancelled", "error"
@@ -71,6 +73,10 @@ WORKER_METRICS = {
                                          "_sum is approximate in Ray's exporter).", ("model",)),
     "rstitch_partial_prefill_tokens": MetricSpec("histogram", "Tokens per partial prefill (the first pass of "
                                                  "each call), by model.", ("model",), tuple(TOKEN_COUNT_BUCKETS)),
+    "rstitch_worker_batch_size": MetricSpec("histogram", "Sessions in each batched forward pass of a worker.",
+                                            ("model",), tuple(BATCH_BUCKETS)),
+    "rstitch_worker_step_seconds": MetricSpec("histogram", "Wall time of each batched forward pass.", ("model",),
+                                              tuple(STEP_BUCKETS)),
 }
 
 
@@ -153,6 +159,12 @@ class WorkerMetrics:
         self.rebuilds, self.evictions = m["rstitch_worker_session_rebuilds"], m["rstitch_worker_session_evictions"]
         self.prefill = m["rstitch_partial_prefill_tokens"]
         self.prefill_tokens = m["rstitch_prefill_tokens"]
+        self.batch_size, self.step_seconds = m["rstitch_worker_batch_size"], m["rstitch_worker_step_seconds"]
+
+    def step(self, sessions: int, tokens: int, seconds: float) -> None:
+        """One batched pass (called from the scheduler thread)."""
+        self.batch_size.observe(sessions, self.tags)
+        self.step_seconds.observe(seconds, self.tags)
 
     def state(self, sessions: int, cached_tokens: int) -> None:
         self.sessions.set(sessions, self.tags)

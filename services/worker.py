@@ -115,7 +115,8 @@ class ModelWorker:
         why_not = supports_batching(base.model) if config.batching else "batching is off"
         # Batched: each session's loop runs in its own thread and blocks in forward() until the
         # scheduler's next batched pass; unbatched: one pass at a time on one thread.
-        self.runner = BatchedRunner(base, config.batch_linger_s) if why_not is None else base
+        self.metrics = WorkerMetrics(self.role)
+        self.runner = BatchedRunner(base, config.batch_linger_s, self.metrics.step) if why_not is None else base
         self.batching_off_reason = why_not
         self.router = None
         if config.router is not None:
@@ -130,7 +131,6 @@ class ModelWorker:
         # cannot bring the session back (ids are unique per request; the memory is bounded).
         self._released: OrderedDict[str, None] = OrderedDict()
         self.counters = WorkerCounters()
-        self.metrics = WorkerMetrics(self.role)
         # Forward passes block; running them off the event loop keeps streams, cancellations
         # and other sessions' calls flowing while a pass runs.
         threads = config.max_sessions if why_not is None else 1

@@ -14,7 +14,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from rstitch_core.models.batched import PassRequest, SlotCache, forward_batch, new_slot_kv
 from rstitch_core.models.runner import ForwardOutput, ModelRunner
@@ -32,9 +32,12 @@ class SchedulerStats:
 class BatchedRunner:
     """Wraps a ModelRunner; forward() may be called from many threads and is batched across them."""
 
-    def __init__(self, runner: ModelRunner, linger_s: float = 0.02):
+    def __init__(self, runner: ModelRunner, linger_s: float = 0.02,
+                 on_step: Callable[[int, int, float], None] | None = None):
+        """`on_step(sessions, tokens, seconds)` is called after each pass (metrics)."""
         self.base = runner
         self.linger_s = linger_s
+        self.on_step = on_step
         self.kv = new_slot_kv(runner.model)
         self.stats = SchedulerStats()
         self._cond = threading.Condition()
@@ -118,6 +121,8 @@ class BatchedRunner:
             s = self.stats
             s.steps, s.rows, s.max_rows = s.steps + 1, s.rows + len(batch), max(s.max_rows, len(batch))
             s.tokens += sum(len(r.token_ids) for r, _ in batch)
+            if self.on_step is not None:
+                self.on_step(len(batch), sum(len(r.token_ids) for r, _ in batch), seconds)
             with self._cond:
                 self._expected = {r.cache.slot for r, _ in batch}
             for (_, future), (logits, last_hidden) in zip(batch, results):

@@ -100,3 +100,19 @@ def test_concurrent_batched_greedy_equals_batch_one(engine, batched, policy):
     rows = batched.slm.stats.rows + batched.llm.stats.rows - rows_before
     assert rows / steps > 1.5  # passes really were shared
     assert batched.slm.kv.slots_in_use == 0 and batched.llm.kv.slots_in_use == 0  # every slot returned
+
+
+def test_on_step_reports_each_pass(engine):
+    steps = []
+    runner = BatchedRunner(engine.slm, linger_s=0.0, on_step=lambda *a: steps.append(a))
+    try:
+        cache = runner.new_cache()
+        runner.forward(cache, [5, 6, 7])
+        runner.forward(cache, [8])
+        runner.release(cache)
+    finally:
+        runner.close()
+    assert [(rows, tokens) for rows, tokens, _ in steps] == [(1, 3), (1, 1)] and all(s > 0 for *_, s in steps)
+    assert runner.kv.slots_in_use == 0
+    with pytest.raises(ValueError, match="released"):
+        runner.forward(cache, [1])

@@ -129,3 +129,15 @@ def test_server_backend_returns_the_result_and_names_grpc_failures():
     assert server_backend(FakeClient({"text": "2"}))(request, SAMPLING, RoutingParams()) == {"text": "2"}
     with pytest.raises(BackendError, match="localhost:1: UNAVAILABLE: failed to connect"):
         server_backend(FakeClient())(request, SAMPLING, RoutingParams())
+
+
+def test_gsm_symbolic_problems_are_generated_reproducibly_with_parseable_answers():
+    from rstitch_eval.tasks import get_task
+
+    task = get_task("gsm-symbolic")
+    first, again = task.load(0, 3), task.load(1, 2)
+    assert [p.question for p in first[1:]] == [p.question for p in again]
+    for p in first:
+        assert p.gold.replace(".", "", 1).lstrip("-").isdigit()
+        assert task.grade(f"Step.\nThe answer is {p.gold}.", p.gold) == (p.gold, True)
+        assert "messages" in task.request(p)
