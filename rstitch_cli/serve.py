@@ -24,6 +24,8 @@ def add_parser(sub) -> None:
     p.add_argument("--llm-replicas", type=int, help="LLM worker replicas (default: 1)")
     p.add_argument("--router", metavar="PATH", help="R-Stitch+ router file: serves POLICY_RSTITCH_PLUS "
                    "(the SLM worker runs it)")
+    p.add_argument("--shadow-prefill-tokens", type=int, metavar="N",
+                   help="the LLM worker prefills the SLM's tokens in the background once N are unseen (default: 0, off)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default: bfloat16)")
     p.add_argument("--port", type=int, help="gRPC port (default: 9000)")
     p.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs for the local Ray cluster")
@@ -50,7 +52,7 @@ def app_settings(args: argparse.Namespace) -> tuple[dict, int]:
         app_args = dict(apps[0].get("args") or {})
         port = (config.get("grpc_options") or {}).get("port", port)
     for flag, key in (("slm", "slm"), ("llm", "llm"), ("llm_replicas", "llm_replicas"), ("dtype", "dtype"),
-                      ("router", "router")):
+                      ("router", "router"), ("shadow_prefill_tokens", "shadow_prefill_tokens")):
         if getattr(args, flag) is not None:
             app_args[key] = getattr(args, flag)
     if (app_args.get("slm") is None) != (app_args.get("llm") is None):

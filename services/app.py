@@ -53,6 +53,9 @@ class AppConfig:
     router: str | None = None  # R-Stitch+ router file for POLICY_RSTITCH_PLUS; loaded by the SLM worker
     batching: bool = True  # each worker runs its sessions' passes as one batched pass per step
     batch_linger_s: float = 0.02  # how long a step waits for the sessions of the previous step
+    # While the SLM holds the turn, the LLM worker prefills its tokens in the background once this
+    # many are unseen, so a hand-over pass feeds about one token (0: off).
+    shadow_prefill_tokens: int = 0
 
     def __post_init__(self) -> None:
         tau = self.default_threshold
@@ -66,6 +69,9 @@ class AppConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        value = self.shadow_prefill_tokens
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"shadow_prefill_tokens must be an integer >= 0 (0: off), got {value!r}")
 
     @classmethod
     def from_args(cls, args: dict[str, Any] | None) -> AppConfig:
@@ -105,4 +111,4 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     router = serve.deployment(Router, name="Router", max_ongoing_requests=2 * cfg.max_concurrent_requests,
                               ray_actor_options=router_options)
     return router.bind(slm.bind(cfg.worker("slm")), llm.bind(cfg.worker("llm")), cfg.slm, cfg.llm,
-                       cfg.default_threshold, cfg.max_concurrent_requests)
+                       cfg.default_threshold, cfg.max_concurrent_requests, cfg.shadow_prefill_tokens)

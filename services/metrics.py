@@ -22,6 +22,7 @@ ITL_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5]
 DURATION_BUCKETS = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800]
 SHARE_BUCKETS = [0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
 BATCH_BUCKETS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128]
+SWITCH_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2.5, 5]
 STEP_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5]
 
 # Outcomes of a request besides the finish reasons eos / stop / length / context.
@@ -52,6 +53,9 @@ ROUTER_METRICS = {
     "rstitch_speculative_accepted_tokens": MetricSpec("counter", "Speculative draft tokens the LLM accepted."),
     "rstitch_token_entropy": MetricSpec("histogram", "Normalized entropy of each emitted token's "
                                         "distribution, by the model that wrote it.", ("model",), tuple(ENTROPY_BUCKETS)),
+    "rstitch_switch_latency_seconds": MetricSpec("histogram", "Gap in the token stream at a switch: from the "
+                                                 "last token before it to the first token after it.",
+                                                 ("direction",), tuple(SWITCH_BUCKETS)),
     "rstitch_time_to_first_token_seconds": MetricSpec("histogram", "Time from request to first token.",
                                                       ("policy",), tuple(TTFT_BUCKETS)),
     "rstitch_inter_token_latency_seconds": MetricSpec("histogram", "Time between consecutive emitted tokens.",
@@ -73,6 +77,8 @@ WORKER_METRICS = {
                                          "_sum is approximate in Ray's exporter).", ("model",)),
     "rstitch_partial_prefill_tokens": MetricSpec("histogram", "Tokens per partial prefill (the first pass of "
                                                  "each call), by model.", ("model",), tuple(TOKEN_COUNT_BUCKETS)),
+    "rstitch_shadow_prefill_tokens": MetricSpec("counter", "Tokens fed by shadow prefills (while the other "
+                                                "model held the turn).", ("model",)),
     "rstitch_worker_batch_size": MetricSpec("histogram", "Sessions in each batched forward pass of a worker.",
                                             ("model",), tuple(BATCH_BUCKETS)),
     "rstitch_worker_step_seconds": MetricSpec("histogram", "Wall time of each batched forward pass.", ("model",),
@@ -107,6 +113,7 @@ class RouterMetrics:
         self.itl = m["rstitch_inter_token_latency_seconds"]
         self.duration = m["rstitch_request_duration_seconds"]
         self.llm_share = m["rstitch_request_llm_token_share"]
+        self.switch_latency = m["rstitch_switch_latency_seconds"]
 
     def request(self, policy: str) -> RequestRecorder:
         return RequestRecorder(self, policy)
@@ -118,6 +125,7 @@ class RequestRecorder:
     def __init__(self, metrics: RouterMetrics, policy: str):
         self.m, self.policy = metrics, policy
         self.last_token_at: float | None = None
+        self.switched: str | None = None  # direction of a switch not yet followed by a token
         self.closed = False
 
     def token(self, event: TokenEvent, now: float) -> None:
@@ -125,10 +133,13 @@ class RequestRecorder:
         self.m.entropy.observe(event.entropy, {"model": event.source})
         if self.last_token_at is not None:  # the first token's latency is the TTFT, recorded at the finish
             self.m.itl.observe(now - self.last_token_at, {"policy": self.policy})
-        self.last_token_at = now
+            if self.switched is not None:
+                self.m.switch_latency.observe(now - self.last_token_at, {"direction": self.switched})
+        self.last_token_at, self.switched = now, None
 
     def switch(self, event: SwitchEvent) -> None:
         self.m.switches.inc(1, {"direction": event.direction})
+        self.switched = event.direction
 
     def finish(self, event: FinishEvent) -> None:
         s = event.stats
@@ -159,6 +170,7 @@ class WorkerMetrics:
         self.rebuilds, self.evictions = m["rstitch_worker_session_rebuilds"], m["rstitch_worker_session_evictions"]
         self.prefill = m["rstitch_partial_prefill_tokens"]
         self.prefill_tokens = m["rstitch_prefill_tokens"]
+        self.shadow_tokens = m["rstitch_shadow_prefill_tokens"]
         self.batch_size, self.step_seconds = m["rstitch_worker_batch_size"], m["rstitch_worker_step_seconds"]
 
     def step(self, sessions: int, tokens: int, seconds: float) -> None:
@@ -176,6 +188,9 @@ class WorkerMetrics:
             self.prefill_tokens.inc(prefill_tokens, self.tags)
         if rebuilt:
             self.rebuilds.inc(1, self.tags)
+
+    def shadow(self, tokens: int) -> None:
+        self.shadow_tokens.inc(tokens, self.tags)
 
     def evicted(self) -> None:
         self.evictions.inc(1, self.tags)

@@ -27,11 +27,12 @@ class Router:
     """Serve ingress for `rstitch.v1.RStitch`; the method name matches the RPC name."""
 
     def __init__(self, slm, llm, slm_source: str | None, llm_source: str | None, default_threshold: float = 0.02,
-                 max_concurrent_requests: int = 64):
+                 max_concurrent_requests: int = 64, shadow_prefill_tokens: int = 0):
         self.handles = {"slm": slm, "llm": llm}
         self.default_threshold = default_threshold  # tau when a request leaves routing.threshold unset
         self.max_concurrent_requests = max_concurrent_requests
         self.active_requests = 0
+        self.shadow_prefill_tokens = shadow_prefill_tokens  # see RemoteSession
         slm_tokenizer = load_tokenizer(resolve_model_source(slm_source, "slm"), "slm")
         self.tokenizer = load_tokenizer(resolve_model_source(llm_source, "llm"), "llm")
         check_tokenizers(slm_tokenizer, self.tokenizer)  # a mismatched pair never serves a token
@@ -79,7 +80,8 @@ class Router:
             raise ServerBusy(message)
         rid = parsed.request_id
         seq = Sequence.create(ids, parsed.sampling, self.tokenizer, pair["eos_token_ids"], pair["max_context"])
-        session = RemoteSession(f"{rid}-{uuid.uuid4().hex[:8]}", seq, parsed.routing, self.handles)
+        session = RemoteSession(f"{rid}-{uuid.uuid4().hex[:8]}", seq, parsed.routing, self.handles,
+                                self.shadow_prefill_tokens)
         record = self.metrics.request(parsed.routing.policy.value)
         self.active_requests += 1
         try:

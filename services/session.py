@@ -36,7 +36,10 @@ def _is_replica_failure(err: BaseException) -> bool:
 class RemoteSession:
     """Drives one sequence with `policy` across the SLM and LLM deployment handles."""
 
-    def __init__(self, session_id: str, seq: Sequence, routing, handles: dict[Source, object]):
+    def __init__(self, session_id: str, seq: Sequence, routing, handles: dict[Source, object],
+                 shadow_prefill_tokens: int = 0):
+        """`shadow_prefill_tokens` > 0: while the SLM holds the turn, ask the LLM worker to prefill
+        the SLM's tokens in the background once that many are unseen by it (0: never)."""
         self.session_id = session_id
         self.seq = seq
         self.routing = routing
@@ -47,6 +50,8 @@ class RemoteSession:
         self.called: set[Source] = set()
         sampler = Sampler(seq.sampling)
         self.rng_state = None if sampler.greedy else sampler.get_state()
+        self.shadow_prefill_tokens = shadow_prefill_tokens if routing.policy.stitches else 0
+        self.shadow: asyncio.Task | None = None  # the LLM worker's shadow prefill in flight
 
     def events(self) -> AsyncIterator[Event]:
         if self.routing.policy is Policy.SPECULATIVE:
@@ -63,15 +68,49 @@ class RemoteSession:
                     async for item in self.handles[active].options(stream=True).turn.remote(self._call(active)):
                         if "token" in item:
                             yield self.seq.append(item["token"], active, item["entropy"])
+                            if active == "slm":
+                                self._maybe_shadow_prefill()
                         else:
                             handoff = self._finish_call(active, item)
                     break
                 except Exception as err:  # noqa: BLE001 - only replica loss is retried
                     await self._on_failure(active, err, attempt)
             if handoff:
+                if other == "llm":
+                    await self._settle_shadow_prefill()  # its pass is the LLM's next one either way
                 yield self.seq.switch(f"{active}_to_{other}", self.trusted[other])
                 active, other = other, active
+        self.cancel_shadow_prefill()
         yield self.seq.finish()
+
+    def _maybe_shadow_prefill(self) -> None:
+        """Start a shadow prefill when the LLM lacks enough of the sequence and none is in flight.
+        The sequence's last token stays unfed: the hand-over pass needs its logits."""
+        unseen = len(self.seq.token_ids) - 1 - self.trusted["llm"]
+        if (self.shadow_prefill_tokens and unseen >= self.shadow_prefill_tokens and self.seq.running
+                and (self.shadow is None or self.shadow.done())):
+            self.shadow = asyncio.create_task(self._shadow_prefill(self._call("llm")))
+
+    async def _shadow_prefill(self, call: TurnCall) -> None:
+        try:
+            reply = await self.handles["llm"].prefill.remote(call)
+        except Exception as err:  # noqa: BLE001 - an optimisation: the hand-over pass prefills instead
+            logger.info("session %s: shadow prefill failed (%s)", self.session_id, err)
+            return
+        # Only the cache position and the work done: the sampler state belongs to the turn in progress.
+        self.trusted["llm"] = reply["num_cached"]
+        self._add_stats("llm", reply["stats"])
+
+    async def _settle_shadow_prefill(self) -> None:
+        """Wait for a shadow prefill in flight: the worker holds the session until it is done."""
+        if self.shadow is not None:
+            await self.shadow
+            self.shadow = None
+
+    def cancel_shadow_prefill(self) -> None:
+        if self.shadow is not None and not self.shadow.done():
+            self.shadow.cancel()
+        self.shadow = None
 
     async def _speculate(self) -> AsyncIterator[Event]:
         """rstitch_core.policies.speculative.speculate: SLM worker drafts, LLM worker verifies."""
@@ -110,11 +149,14 @@ class RemoteSession:
         """Fold a worker's end-of-call report into the request; returns its handoff flag."""
         self.trusted[model] = end["num_cached"]
         self.rng_state = end["rng_state"] if end["rng_state"] is not None else self.rng_state
+        self._add_stats(model, end["stats"])
+        return end["handoff"]
+
+    def _add_stats(self, model: Source, work: dict) -> None:
         stats: ModelStats = self.seq.stats.model(model)
-        for name, value in end["stats"].items():
+        for name, value in work.items():
             if name != "tokens":  # the router counts emitted tokens itself, as it appends them
                 setattr(stats, name, getattr(stats, name) + value)
-        return end["handoff"]
 
     async def _on_failure(self, model: Source, err: Exception, attempt: int) -> None:
         if not _is_replica_failure(err) or attempt >= MAX_TURN_RETRIES:
@@ -129,6 +171,7 @@ class RemoteSession:
 
         The calls run in an empty context: Serve cancels every call made in a cancelled request's
         context, which would cancel exactly these releases when a client goes away."""
+        self.cancel_shadow_prefill()
         loop = asyncio.get_running_loop()
         for handle in self.handles.values():
             task = loop.create_task(_release(handle, self.session_id), context=contextvars.Context())

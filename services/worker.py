@@ -98,6 +98,8 @@ class WorkerCounters:
     rebuilds: int = 0
     evictions: int = 0
     turns: int = 0
+    shadow_prefills: int = 0  # shadow prefill calls that fed tokens
+    shadow_prefill_tokens: int = 0
 
 
 class ModelWorker:
@@ -166,6 +168,17 @@ class ModelWorker:
     async def verify(self, call: TurnCall) -> dict:
         """Speculative: verify call.draft in one pass."""
         return await self._one_pass(call, "verdict", lambda s: verify(s.seq, s.state, call.draft, s.sampler))
+
+    async def prefill(self, call: TurnCall) -> dict:
+        """Shadow prefill: feed what the cache lacks of the sequence, all but its last token, while
+        the other model holds the turn, so that a later hand-over pass is about one token. The
+        last token is left for that pass, which needs its logits."""
+        reply = await self._one_pass(call, "fed", lambda s: _shadow_prefill(s.state, s.seq.token_ids))
+        if reply["fed"]:
+            self.counters.shadow_prefills += 1
+            self.counters.shadow_prefill_tokens += reply["fed"]
+            self.metrics.shadow(reply["fed"])
+        return reply
 
     async def _one_pass(self, call: TurnCall, key: str, work) -> dict:
         session, rebuilt = self._checkout(call)
@@ -313,6 +326,14 @@ def _replica_id() -> str | None:
         return serve.get_replica_context().replica_id.unique_id
     except Exception:  # noqa: BLE001 - not running inside a Serve replica
         return None
+
+
+def _shadow_prefill(state: ModelState, token_ids: list[int]) -> int:
+    """Feed token_ids[num_cached:-1] (if any) in one pass; returns how many tokens were fed."""
+    fed = len(token_ids) - 1 - state.num_cached
+    if fed > 0:
+        state.step(token_ids[:-1], turn_start=True)
+    return max(fed, 0)
 
 
 def _advance(turn) -> tuple[bool, object]:

@@ -35,3 +35,15 @@ def evict_llm_sessions() -> bool:
         for sid in state["session_ids"]:
             evicted |= llm.options(session_id=sid).evict.remote(sid).result()
     return evicted
+
+
+def wait_until_released(timeout: float) -> list[dict]:
+    """state() of every worker replica, polled until none holds a session or a KV slot (or timeout)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        states = [*worker_states("SLMWorker").values(), *worker_states("LLMWorker").values()]
+        if all(s["sessions"] == 0 and not s["slots_in_use"] for s in states) or time.monotonic() > deadline:
+            return states
+        time.sleep(0.1)

@@ -14,7 +14,7 @@ CONFIG = ROOT / "deploy" / "serve_config.yaml"
 
 def ns(**kw):
     base = dict(slm=None, llm=None, config=None, llm_replicas=None, dtype=None, port=None, metrics_port=8080,
-                router=None)
+                router=None, shadow_prefill_tokens=None)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -23,6 +23,9 @@ def test_flags_override_the_config():
     assert (args["slm"], args["llm"], args["llm_replicas"], port) == ("a", "b", 3, 9100)
     args, port = app_settings(ns(config=str(CONFIG)))
     assert port == 9000 and args["dtype"] == "bfloat16" and "slm" not in args
+    assert args["shadow_prefill_tokens"] == 0
+    args, _ = app_settings(ns(config=str(CONFIG), shadow_prefill_tokens=16))
+    assert args["shadow_prefill_tokens"] == 16
 
 
 def test_bad_settings_are_value_errors(tmp_path):

@@ -155,3 +155,22 @@ def test_default_threshold_reaches_the_router():
     router = build_app({"default_threshold": 0.25})._bound_deployment  # bind() only: nothing loads
     bound = inspect.signature(Router.__init__).bind(None, *router.init_args, **router.init_kwargs)
     assert bound.arguments["default_threshold"] == 0.25
+
+
+@pytest.mark.parametrize("tokens", [-1, 1.5, "8", True])
+def test_shadow_prefill_tokens_is_validated(tokens):
+    from services.app import AppConfig
+
+    with pytest.raises(ValueError, match=r"shadow_prefill_tokens must be an integer >= 0 \(0: off\), got"):
+        AppConfig.from_args({"shadow_prefill_tokens": tokens})
+
+
+def test_shadow_prefill_tokens_reaches_the_router():
+    import inspect
+
+    from services.app import build_app
+    from services.router import Router
+
+    router = build_app({"shadow_prefill_tokens": 16})._bound_deployment
+    bound = inspect.signature(Router.__init__).bind(None, *router.init_args, **router.init_kwargs)
+    assert bound.arguments["shadow_prefill_tokens"] == 16

@@ -21,6 +21,7 @@ from services.metrics import ROUTER_METRICS, WORKER_METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "rstitch.json"
+APP_ARGS = {"shadow_prefill_tokens": 2}  # the shadow prefill panel needs some
 RAY_SERVE_METRICS = {"ray_serve_num_grpc_error_requests_total"}  # Serve's own, used by the errors panel
 
 
@@ -44,7 +45,7 @@ def test_dashboard_structure():
             assert used and used <= defined, (panel["title"], used - defined)
     titles = " ".join(p["title"] for p in dash["panels"]).lower()
     for topic in ("llm token share", "switch rate", "tokens/s", "entropy", "prefill", "time to first token",
-                  "inter-token", "sessions", "cached tokens", "rebuilds", "errors"):
+                  "inter-token", "sessions", "cached tokens", "rebuilds", "errors", "switch latency", "shadow prefill"):
         assert topic in titles, topic
 
 
@@ -104,6 +105,9 @@ def traffic(client) -> None:
     for policy in ("rstitch", "llm", "slm", "speculative"):
         client.generate_result(prompt="the quick brown fox", sampling=SamplingParams(max_new_tokens=24),
                                routing=RoutingParams(policy=policy, threshold=0.5))
+    # Long enough for SLM runs that start shadow prefills (the panel needs some).
+    client.generate_result(prompt="Natalia sold clips to 48 of her friends", sampling=SamplingParams(max_new_tokens=80),
+                           routing=RoutingParams(policy="rstitch", threshold=0.5))
     with pytest.raises(grpc.RpcError):
         list(client.generate(prompt=""))
     stream = client.generate(prompt="the quick brown fox", sampling=SamplingParams(max_new_tokens=300),

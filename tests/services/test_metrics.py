@@ -59,8 +59,13 @@ def test_counters_move_by_exactly_the_request_usage(client, service, policy):
         expected[("ray_rstitch_tokens_total", (("model", model),))] = stats[model]["tokens"]
         expected[("ray_rstitch_token_entropy_count", (("model", model),))] = stats[model]["tokens"]
         expected[("ray_rstitch_prefill_tokens_total", (("model", model),))] = stats[model]["prefill_tokens"]
+    # One switch-latency gap per token that follows switches (several at one position: the last
+    # one's direction); none before the first token.
+    last_switch_at = {s["position"]: s["direction"] for s in result["switches"] if 1 <= s["position"] < n}
     for direction in ("slm_to_llm", "llm_to_slm"):
         expected[("ray_rstitch_switches_total", (("direction", direction),))] = stats[f"switches_{direction}"]
+        expected[("ray_rstitch_switch_latency_seconds_count", (("direction", direction),))] = \
+            list(last_switch_at.values()).count(direction)
 
     def moved(scraped):
         return {key: scraped.get(key, 0.0) - before.get(key, 0.0) for key in expected}
@@ -69,7 +74,7 @@ def test_counters_move_by_exactly_the_request_usage(client, service, policy):
     after = wait_for(url, lambda s: moved(s) == expected)
     assert moved(after) == expected
     if policy == "rstitch":
-        assert stats["switches_slm_to_llm"] > 0 and stats["llm"]["tokens"] > 0
+        assert stats["switches_slm_to_llm"] > 0 and stats["llm"]["tokens"] > 0 and last_switch_at
 
 
 def test_worker_gauges_return_to_zero_and_invalid_requests_are_counted(client, service):

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from rstitch_core import Generation, RoutingParams, SamplingParams
-from serving import evict_llm_sessions, worker_states
+from serving import evict_llm_sessions, wait_until_released, worker_states
 
 PROMPT = "Natalia sold clips to 48 of her friends"
 
@@ -118,13 +118,8 @@ def test_cancelling_a_stream_frees_the_session_in_both_workers(client):
     held = {d: sum(s["sessions"] for s in worker_states(d).values()) for d in ("SLMWorker", "LLMWorker")}
     assert sum(held.values()) >= 1
     stream.cancel()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        held = {d: sum(s["sessions"] for s in worker_states(d).values()) for d in ("SLMWorker", "LLMWorker")}
-        if not any(held.values()):
-            break
-        time.sleep(0.1)
-    assert held == {"SLMWorker": 0, "LLMWorker": 0}
+    states = wait_until_released(timeout=5)
+    assert all(s["sessions"] == 0 and not s["slots_in_use"] for s in states), states
 
 
 def test_bad_requests_are_invalid_argument_and_the_service_keeps_serving(client, service):
