@@ -118,11 +118,12 @@ class BatchedRunner:
                     future.set_exception(err)
                 continue
             seconds = time.perf_counter() - start
+            tokens = sum(len(r.token_ids) for r, _ in batch)
             s = self.stats
             s.steps, s.rows, s.max_rows = s.steps + 1, s.rows + len(batch), max(s.max_rows, len(batch))
-            s.tokens += sum(len(r.token_ids) for r, _ in batch)
+            s.tokens += tokens
             if self.on_step is not None:
-                self.on_step(len(batch), sum(len(r.token_ids) for r, _ in batch), seconds)
+                self.on_step(len(batch), tokens, seconds)
             with self._cond:
                 self._expected = {r.cache.slot for r, _ in batch}
             for (_, future), (logits, last_hidden) in zip(batch, results):
