@@ -1,6 +1,8 @@
 """Sustained load against the served system: concurrent gRPC clients with random disconnects and
 deadlines; every completed stream must equal its reference output; afterwards the workers must hold
-no session and their memory must be back near its baseline.
+no session and their memory must be back near its baseline. Then bursts of concurrent cancels:
+--burst-size streams read 1-5 messages each and all go away at once; the time until both workers
+hold no session is each burst's release time (the worst is reported; a second is the promise).
 
 Loopback only, bounded in time and in requests. Starts its own local service (tiny random models
 unless --slm/--llm are given) or targets --address. Prints the figures (and --json writes them).
@@ -39,20 +41,27 @@ def main() -> int:
     p.add_argument("--slm"), p.add_argument("--llm")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
+    p.add_argument("--cancel-bursts", type=int, default=5, help="bursts of concurrent cancels after the load")
+    p.add_argument("--burst-size", type=int, default=30, help="streams cancelled at once in a burst")
+    p.add_argument("--release-limit", type=float, default=1.0,
+                   help="exit 1 if a burst's release takes longer (seconds; the target is 1)")
     args = p.parse_args()
     if not (1 <= args.clients <= 256 and 0 < args.duration <= 3600):
         p.error("--clients must be in [1, 256] and --duration in (0, 3600]")
+    if not (0 <= args.cancel_bursts <= 100 and 1 <= args.burst_size <= 256):
+        p.error("--cancel-bursts must be in [0, 100] and --burst-size in [1, 256]")
     figures = run(args)
     print(json.dumps(figures, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
-    return 0 if figures["failures"] == 0 and figures["sessions_after"] == 0 else 1
+    released = figures["worst_burst_release_s"] is None or figures["worst_burst_release_s"] <= args.release_limit
+    return 0 if figures["failures"] == 0 and figures["sessions_after"] == 0 and released else 1
 
 
 def run(args) -> dict:
     import ray
     from ray import serve
-    from ray.serve.config import gRPCOptions
+    from ray.serve.config import HTTPOptions, gRPCOptions
 
     from services.app import GRPC_SERVICER, build_app
 
@@ -62,19 +71,32 @@ def run(args) -> dict:
         from tiny_models import save_pair
 
         slm, llm = map(str, save_pair(Path(tempfile.mkdtemp(prefix="rstitch-load-"))))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port, http_port = free_port(), free_port()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     try:
-        serve.start(grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[GRPC_SERVICER]))
+        # Free ports only: Serve's defaults (HTTP 8000) may be taken by anything else on the machine.
+        serve.start(grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[GRPC_SERVICER]),
+                    http_options=HTTPOptions(host="127.0.0.1", port=http_port))
         serve.run(build_app({"slm": slm, "llm": llm, "dtype": "float32", "llm_replicas": 2,
-                             "slm_num_cpus": 0.4, "llm_num_cpus": 0.4, "max_sessions": 2 * args.clients,
-                             "max_concurrent_requests": 2 * args.clients}), name="rstitch", route_prefix="/")
-        return load(f"127.0.0.1:{port}", args)
+                             "slm_num_cpus": 0.4, "llm_num_cpus": 0.4,
+                             "max_sessions": 2 * max(args.clients, args.burst_size),
+                             "max_concurrent_requests": 2 * max(args.clients, args.burst_size)}),
+                  name="rstitch", route_prefix="/")
+        figures = load(f"127.0.0.1:{port}", args)
+        releases = [cancel_burst(f"127.0.0.1:{port}", args.burst_size, random.Random(args.seed + b))
+                    for b in range(args.cancel_bursts)]
+        return {**figures, "cancel_bursts": len(releases), "burst_size": args.burst_size,
+                "burst_release_s": [round(r, 3) for r in releases],
+                "worst_burst_release_s": round(max(releases), 3) if releases else None}
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def worker_totals() -> dict:
@@ -90,6 +112,31 @@ def worker_totals() -> dict:
     states = {n: asyncio.run(probe(n)) for n in ("SLMWorker", "LLMWorker")}
     return {"sessions": sum(s["sessions"] for d in states.values() for s in d.values()),
             "rss_mb": sum(s["rss_bytes"] for d in states.values() for s in d.values()) / 2**20}
+
+
+def cancel_burst(address: str, size: int, rng: random.Random) -> float:
+    """Open `size` streams, read 1-5 messages of each, cancel them all at once; seconds from the
+    cancels to the first look at workers holding no session (60 s at most, else inf)."""
+    from rstitch_core import RoutingParams, SamplingParams
+    from services.client import RStitchClient
+
+    with RStitchClient(address) as client:
+        streams = [client.generate(prompt="hold this session", sampling=SamplingParams(max_new_tokens=400),
+                                   routing=RoutingParams(policy="rstitch", threshold=0.5)) for _ in range(size)]
+        for stream in streams:
+            for _, _ in zip(range(rng.randint(1, 5)), stream):
+                pass
+        gate = threading.Barrier(size + 1)
+        cancellers = [threading.Thread(target=lambda s=s: (gate.wait(), s.cancel())) for s in streams]
+        for t in cancellers:
+            t.start()
+        gate.wait()
+        cancelled = time.monotonic()
+        while (looked := time.monotonic()) - cancelled < 60:
+            if worker_totals()["sessions"] == 0:
+                return looked - cancelled
+            time.sleep(0.02)
+    return float("inf")
 
 
 def load(address: str, args) -> dict:

@@ -14,7 +14,8 @@ import sys
 import time
 
 from rstitch_cli.common import add_model_args, load_engine
-from rstitch_core import Engine, Generation, Policy, RoutingParams, SamplingParams
+from rstitch_core import Engine, Generation, RoutingParams, SamplingParams
+from rstitch_core.config import parse_routing_spec
 from rstitch_core.models.runner import ModelRunner
 
 # Short grade-school maths problems written for this benchmark (not from any evaluation set).
@@ -37,9 +38,13 @@ def add_parser(sub) -> None:
     add_model_args(p)
     p.add_argument("--prompts", type=int, default=4, help=f"how many built-in prompts, 1-{len(PROMPTS)} (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="budget per request (default: %(default)s)")
-    p.add_argument("--policies", default="llm,rstitch,slm,speculative", help="comma list (default: %(default)s)")
-    p.add_argument("--threshold", type=float, default=RoutingParams.threshold, help="tau for rstitch (default: %(default)s)")
-    p.add_argument("--draft-tokens", type=int, default=RoutingParams.draft_tokens, help="k for speculative (default: %(default)s)")
+    p.add_argument("--policies", default="llm,rstitch,slm,speculative,verified",
+                   help="comma list of POLICY[:relaxed=R][:k=N], e.g. verified:relaxed=0.3 or verified:k=8 "
+                        "(a pinned k turns the cost-aware draft length off) (default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=RoutingParams.threshold,
+                   help="tau for rstitch and verified (default: %(default)s)")
+    p.add_argument("--draft-tokens", type=int, default=None,
+                   help="draft limit for speculative / verified (default: 4 / 8)")
     p.add_argument("--reps", type=int, default=9, help="repetitions of each micro-benchmark (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.set_defaults(run=run)
@@ -79,19 +84,19 @@ def model_costs(engine: Engine, context: list[int], reps: int) -> dict:
     return costs
 
 
-def end_to_end(engine: Engine, prompts: list[str], policies: list[Policy], sampling: SamplingParams,
-               args: argparse.Namespace) -> dict:
-    runs: dict[str, list[dict]] = {p.value: [] for p in policies}
+def end_to_end(engine: Engine, prompts: list[str], configs: dict[str, RoutingParams], sampling: SamplingParams) -> dict:
+    runs: dict[str, list[dict]] = {label: [] for label in configs}
     for i, prompt in enumerate(prompts):
         ids = engine.encode(messages=[{"role": "user", "content": prompt}])
-        for policy in policies:
-            routing = RoutingParams(policy=policy, threshold=args.threshold, draft_tokens=args.draft_tokens)
+        for label, routing in configs.items():
             start = time.perf_counter()
             g = Generation.collect(engine.generate(prompt_ids=ids, sampling=sampling, routing=routing))
-            runs[policy.value].append({"seconds": time.perf_counter() - start, "tokens": len(g.token_ids),
-                                       "llm_share": g.stats.llm_token_share,
-                                       "switches": g.stats.switches_slm_to_llm + g.stats.switches_llm_to_slm})
-            print(f"  prompt {i + 1}/{len(prompts)} {policy.value:<11} {runs[policy.value][-1]['seconds']:6.2f}s "
+            s = g.stats
+            runs[label].append({"seconds": time.perf_counter() - start, "tokens": len(g.token_ids),
+                                "llm_share": s.llm_token_share, "switches": s.switches_slm_to_llm + s.switches_llm_to_slm,
+                                "drafted": s.drafted_tokens, "accepted": s.accepted_tokens,
+                                "llm_passes": s.llm.forward_passes})
+            print(f"  prompt {i + 1}/{len(prompts)} {label:<22} {runs[label][-1]['seconds']:6.2f}s "
                   f"{len(g.token_ids):4d} tokens", file=sys.stderr, flush=True)
     base = runs.get("llm")
     summary = {}
@@ -100,7 +105,9 @@ def end_to_end(engine: Engine, prompts: list[str], policies: list[Policy], sampl
                "tokens_per_second": sum(r["tokens"] for r in rs) / sum(r["seconds"] for r in rs),
                "mean_tokens": statistics.mean(r["tokens"] for r in rs),
                "llm_token_share": sum(r["llm_share"] * r["tokens"] for r in rs) / max(1, sum(r["tokens"] for r in rs)),
-               "mean_switches": statistics.mean(r["switches"] for r in rs)}
+               "mean_switches": statistics.mean(r["switches"] for r in rs),
+               "acceptance_rate": sum(r["accepted"] for r in rs) / max(1, sum(r["drafted"] for r in rs)),
+               "tokens_per_llm_pass": sum(r["tokens"] for r in rs) / max(1, sum(r["llm_passes"] for r in rs))}
         if base:
             row["speedup_vs_llm"] = statistics.median(b["seconds"] / r["seconds"] for b, r in zip(base, rs))
             row["per_token_speedup_vs_llm"] = row["tokens_per_second"] / (
@@ -114,9 +121,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--prompts must be in [1, {len(PROMPTS)}], got {args.prompts}")
     if args.reps < 1:
         raise ValueError(f"--reps must be >= 1, got {args.reps}")
-    policies = [Policy.parse(p) for p in args.policies.split(",") if p.strip()]
+    configs = {spec: parse_routing_spec(spec, args.threshold, args.draft_tokens)  # validate before loading
+               for spec in (p.strip() for p in args.policies.split(",")) if spec}
     sampling = SamplingParams(max_new_tokens=args.max_new_tokens)
-    RoutingParams(threshold=args.threshold, draft_tokens=args.draft_tokens)  # validate before loading
     engine = load_engine(args)
     prompts = PROMPTS[:args.prompts]
     context = engine.encode(messages=[{"role": "user", "content": PROMPTS[0]}])
@@ -125,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     print("running policies side by side ...", file=sys.stderr, flush=True)
     Generation.collect(engine.generate(prompt_ids=context, sampling=SamplingParams(max_new_tokens=4)))  # warm-up
     results = {"context_tokens": len(context), "costs": costs,
-               "policies": end_to_end(engine, prompts, policies, sampling, args),
+               "policies": end_to_end(engine, prompts, configs, sampling),
                "threshold": args.threshold, "max_new_tokens": args.max_new_tokens, "prompts": len(prompts)}
     print(json.dumps(results, indent=1) if args.json else report(results))
     return 0
@@ -140,11 +147,12 @@ def report(r: dict) -> str:
     for name in ("slm", "llm"):
         lines.append(f"    {name}: " + ", ".join(f"k={k}: {v:.2f}x" for k, v in c[name]["prefill_ratio"].items()))
     lines.append(f"end to end on {r['prompts']} prompts, {r['max_new_tokens']} new tokens max, tau={r['threshold']}")
-    lines.append(f"  {'policy':<12}{'median s':>9}{'tok/s':>8}{'tokens':>8}{'llm share':>10}{'switches':>9}"
-                 f"{'speedup':>9}{'tok/s ratio':>12}")
+    lines.append(f"  {'policy':<22}{'median s':>9}{'tok/s':>8}{'tokens':>8}{'llm share':>10}{'switches':>9}"
+                 f"{'accept':>8}{'tok/LLM pass':>13}{'speedup':>9}{'tok/s ratio':>12}")
     for name, p in r["policies"].items():
-        lines.append(f"  {name:<12}{p['median_seconds']:9.2f}{p['tokens_per_second']:8.2f}{p['mean_tokens']:8.1f}"
-                     f"{p['llm_token_share']:10.1%}{p['mean_switches']:9.1f}"
+        lines.append(f"  {name:<22}{p['median_seconds']:9.2f}{p['tokens_per_second']:8.2f}{p['mean_tokens']:8.1f}"
+                     f"{p['llm_token_share']:10.1%}{p['mean_switches']:9.1f}{p['acceptance_rate']:8.1%}"
+                     f"{p['tokens_per_llm_pass']:13.2f}"
                      f"{p.get('speedup_vs_llm', float('nan')):8.2f}x{p.get('per_token_speedup_vs_llm', float('nan')):11.2f}x")
     lines.append("  speedup = median over prompts of (llm-only wall time / policy wall time), same prompts, same run")
     return "\n".join(lines)

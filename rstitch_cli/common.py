@@ -17,6 +17,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="weights dtype (default: %(default)s)")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
     g.add_argument("--llm-device", metavar="DEV", help="put the LLM on another device (default: --device)")
+    g.add_argument("--cost-profile", default="auto", metavar="auto|off|FILE",
+                   help="pass costs that choose each draft's length for speculative/verified (unless --draft-tokens "
+                        "pins it): auto = the one `rstitch profile` saved for this pair, dtype and machine, if any "
+                        "(default: %(default)s)")
 
 
 def model_sources(args: argparse.Namespace, quiet: bool = False) -> tuple[str, str]:
@@ -42,4 +46,29 @@ def load_engine(args: argparse.Namespace, quiet: bool = False) -> Engine:
     parse_dtype(args.dtype), parse_device(args.device), parse_device(args.llm_device or args.device)
     if not quiet:
         print(f"loading slm={slm} llm={llm} ({args.dtype}, {args.device})", file=sys.stderr, flush=True)
-    return Engine.load(slm, llm, dtype=args.dtype, device=args.device, llm_device=args.llm_device)
+    engine = Engine.load(slm, llm, dtype=args.dtype, device=args.device, llm_device=args.llm_device)
+    use_cost_profile(engine, getattr(args, "cost_profile", "off"), args.dtype, quiet)
+    return engine
+
+
+def use_cost_profile(engine: Engine, choice: str, dtype: str, quiet: bool = False):
+    """Give the engine cost-aware draft control from a saved profile (--cost-profile); returns it."""
+    from rstitch_core.draft_control import drafting_can_pay
+    from rstitch_core.policies.cost_aware import cost_aware
+    from rstitch_core.profile import CostProfile, cached_profile, profile_key
+
+    if choice == "off":
+        return None
+    key = profile_key(engine.slm.model.config, engine.llm.model.config, dtype, engine.llm.device)
+    profile = cached_profile(key) if choice == "auto" else CostProfile.load(choice, expect=key)
+    engine.draft_control = cost_aware(profile)
+    if not quiet:
+        if profile is None:
+            print("cost profile: none saved for this pair, dtype and machine (run `rstitch profile`); "
+                  "drafts run to the policy's limit", file=sys.stderr, flush=True)
+        else:
+            pays = drafting_can_pay(profile, 1, 256, 8)
+            print(f"cost profile: {key.hardware}, {key.dtype}: drafting {'can pay' if pays else 'cannot pay'} "
+                  f"here{'' if pays else ': speculative/verified run as plain LLM decoding'}",
+                  file=sys.stderr, flush=True)
+    return profile

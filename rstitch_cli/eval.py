@@ -36,10 +36,10 @@ def add_parser(sub) -> None:
     g.add_argument("--thresholds", default="0.001,0.01,0.02,0.05",
                    help="comma list of tau for rstitch, one configuration each (default: %(default)s)")
     g.add_argument("--draft-tokens", type=int, default=RoutingParams.draft_tokens,
-                   help="speculative draft length k (default: %(default)s)")
+                   help="draft limit k for speculative and verified (default: %(default)s)")
     g.add_argument("--max-new-tokens", type=int, default=512, help="budget per problem (default: %(default)s)")
     g.add_argument("--through-server", metavar="HOST:PORT", help="generate through a running `rstitch serve`")
-    add_model_args(p)
+    add_model_args(p)  # its --cost-profile FILE also makes `report` project latencies on that profile's machine
     c = p.add_argument_group("calibrate")
     c.add_argument("--target-llm-share", type=float, metavar="S", help="largest tau whose LLM token share >= S")
     c.add_argument("--max-accuracy-drop", type=float, metavar="D",
@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         if args.mode == "calibrate":
             return calibrate(args)
         if args.mode == "report":
-            return report(Path(args.out))
+            given = getattr(args, "cost_profile", None)
+            return report(Path(args.out), cost_profile=None if given in (None, "auto", "off") else given)
         return evaluate(args)
     except (DatasetError, BackendError) as err:
         print(f"rstitch eval: error: {err}", file=sys.stderr)
@@ -135,7 +136,7 @@ def file_sha256(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def report(out: Path, quiet: bool = False) -> int:
+def report(out: Path, quiet: bool = False, cost_profile: str | None = None) -> int:
     from rstitch_eval.plot import plot_summary
     from rstitch_eval.runner import RESULTS_NAME, read_records
     from rstitch_eval.summary import markdown_table
@@ -143,12 +144,34 @@ def report(out: Path, quiet: bool = False) -> int:
     records = read_records(out / RESULTS_NAME)
     if not records:
         raise ValueError(f"{out} holds no results ({RESULTS_NAME} is missing or empty)")
+    profile = load_cost_profile(cost_profile) if cost_profile is not None else None
     summary = refresh(out, records)
     png = plot_summary(summary, out / "accuracy_vs_speedup.png", title=plot_title(summary.get("settings", {})))
     if not quiet:
         print(markdown_table(summary))
         print(f"rstitch eval: wrote {out / 'summary.md'}, {out / 'summary.json'} and {png}", file=sys.stderr)
+    if profile is not None:
+        write_projection(out, records, profile, cost_profile)
     return 0
+
+
+def load_cost_profile(path: str):
+    from rstitch_core.profile import CostProfile
+
+    return CostProfile.load(path)
+
+
+def write_projection(out: Path, records: list[dict], profile, source: str) -> None:
+    """Price the recorded trajectories under a saved profile; kept apart from the measured summary."""
+    from rstitch_eval.projection import project, projected_table
+
+    projection = project(records, profile)
+    projection["cost_profile"] = str(source)
+    (out / "projected.json").write_text(json.dumps(projection, indent=1) + "\n")
+    (out / "projected.md").write_text(projected_table(projection) + "\n")
+    print("\n" + projected_table(projection))
+    print(f"rstitch eval: wrote {out / 'projected.md'} and {out / 'projected.json'} (projected, not measured)",
+          file=sys.stderr)
 
 
 def refresh(out: Path, records: list[dict]) -> dict:

@@ -37,11 +37,10 @@ def add_prompt_args(p: argparse.ArgumentParser) -> None:
 def add_request_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("routing and sampling")
     g.add_argument("--policy", default="rstitch",
-                   help="rstitch | rstitch+ | llm | slm | speculative (default: %(default)s)")
+                   help="rstitch | rstitch+ | llm | slm | speculative | verified (default: %(default)s)")
     g.add_argument("--threshold", type=float, help=f"entropy threshold tau in [0, 1] (default: "
                    f"{RoutingParams.threshold}; rstitch+ runs at its router's tau)")
-    g.add_argument("--draft-tokens", type=int, default=RoutingParams.draft_tokens,
-                   help="speculative draft length k (default: %(default)s)")
+    add_draft_args(g)
     g.add_argument("--max-new-tokens", type=int, default=SamplingParams.max_new_tokens,
                    help="generation budget (default: %(default)s)")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
@@ -63,8 +62,20 @@ def request_params(args: argparse.Namespace, router_tau: float | None = None) ->
     threshold = (args.threshold if args.threshold is not None
                  else router_tau if policy is Policy.RSTITCH_PLUS and router_tau is not None
                  else RoutingParams.threshold)
-    routing = RoutingParams(policy=policy, threshold=threshold, draft_tokens=args.draft_tokens)
+    routing = RoutingParams(policy=policy, threshold=threshold, draft_tokens=args.draft_tokens,
+                            acceptance=args.acceptance, relaxed_ratio=args.relaxed_ratio)
     return sampling, routing
+
+
+def add_draft_args(g) -> None:
+    """--draft-tokens, --acceptance, --relaxed-ratio (speculative and verified)."""
+    g.add_argument("--draft-tokens", type=int, default=None,
+                   help="draft limit k for speculative / verified (default: 4 / 8)")
+    g.add_argument("--acceptance", default="exact", choices=["exact", "relaxed"],
+                   help="which drafts the LLM keeps: exact (the LLM's own output) or relaxed (default: %(default)s)")
+    g.add_argument("--relaxed-ratio", type=float, default=RoutingParams.relaxed_ratio,
+                   help="relaxed: keep a draft the LLM gives >= this x its top token's probability "
+                        "(1 = exact, 0 = every draft; default: %(default)s)")
 
 
 def parse_messages(value: str) -> list:

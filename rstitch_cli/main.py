@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rstitch_cli import bench, client, demo, eval, generate, router, serve, train_pair
+from rstitch_cli import bench, client, demo, eval, generate, profile, router, serve, train_pair
 
 
 class Parser(argparse.ArgumentParser):
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval.add_parser(sub)
     router.add_parser(sub)
     train_pair.add_parser(sub)
+    profile.add_parser(sub)
     return parser
 
 

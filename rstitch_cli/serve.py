@@ -1,4 +1,5 @@
-"""`rstitch serve`: a local Ray cluster running the app; prints the gRPC address; Ctrl-C stops it."""
+"""`rstitch serve`: a local Ray cluster running the app; prints the gRPC and HTTP (OpenAI API)
+addresses; Ctrl-C stops it."""
 
 from __future__ import annotations
 
@@ -14,20 +15,24 @@ import yaml
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("serve", help="serve the gRPC API on a local Ray cluster",
+    p = sub.add_parser("serve", help="serve the gRPC and OpenAI-compatible HTTP APIs on a local Ray cluster",
                        description="Start a local Ray cluster and the rstitch Serve app (SLM worker, "
-                       "LLM worker(s), gRPC router). Without --slm/--llm/--config: the embedded default pair.")
+                       "LLM worker(s), router serving gRPC and the OpenAI HTTP API). Without "
+                       "--slm/--llm/--config: the embedded default pair.")
     p.add_argument("--slm", metavar="SRC", help="small model source (folder, .gguf, cached HF id)")
     p.add_argument("--llm", metavar="SRC", help="large model source")
     p.add_argument("--config", metavar="YAML", help="a Serve config (e.g. deploy/serve_config.yaml); its app "
-                   "args and gRPC port are used, flags given here override them")
+                   "args, gRPC and HTTP ports are used, flags given here override them")
     p.add_argument("--llm-replicas", type=int, help="LLM worker replicas (default: 1)")
     p.add_argument("--router", metavar="PATH", help="R-Stitch+ router file: serves POLICY_RSTITCH_PLUS "
                    "(the SLM worker runs it)")
     p.add_argument("--shadow-prefill-tokens", type=int, metavar="N",
                    help="the LLM worker prefills the SLM's tokens in the background once N are unseen (default: 0, off)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default: bfloat16)")
+    p.add_argument("--cost-profile", metavar="FILE", help="a `rstitch profile` file: speculative/verified requests "
+                   "that leave draft_tokens unset choose each draft length from it (default: fixed limits)")
     p.add_argument("--port", type=int, help="gRPC port (default: 9000)")
+    p.add_argument("--http-port", type=int, help="HTTP port of the OpenAI-compatible API (default: 8000)")
     p.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs for the local Ray cluster")
     p.add_argument("--num-gpus", type=int, help="GPUs for the local Ray cluster (default: all visible)")
     p.add_argument("--metrics-port", type=int, default=8080,
@@ -41,18 +46,15 @@ def app_settings(args: argparse.Namespace) -> tuple[dict, int]:
 
     app_args, port = {}, GRPC_PORT
     if args.config:
-        try:
-            with open(args.config, encoding="utf-8") as f:
-                config = yaml.safe_load(f)
-        except (OSError, yaml.YAMLError) as err:
-            raise ValueError(f"--config: cannot read {args.config!r}: {err}") from None
+        config = _load_config(args.config)
         apps = config.get("applications") or []
         if len(apps) != 1 or apps[0].get("import_path") != "services.app:build_app":
             raise ValueError(f"--config: expected one application with import_path services.app:build_app in {args.config!r}")
         app_args = dict(apps[0].get("args") or {})
         port = (config.get("grpc_options") or {}).get("port", port)
     for flag, key in (("slm", "slm"), ("llm", "llm"), ("llm_replicas", "llm_replicas"), ("dtype", "dtype"),
-                      ("router", "router"), ("shadow_prefill_tokens", "shadow_prefill_tokens")):
+                      ("router", "router"), ("shadow_prefill_tokens", "shadow_prefill_tokens"),
+                      ("cost_profile", "cost_profile")):
         if getattr(args, flag) is not None:
             app_args[key] = getattr(args, flag)
     if (app_args.get("slm") is None) != (app_args.get("llm") is None):
@@ -62,9 +64,32 @@ def app_settings(args: argparse.Namespace) -> tuple[dict, int]:
         if not router.is_file():
             raise ValueError(f"--router: router file {str(router)!r} does not exist")
         app_args["router"] = str(router)  # Ray's workers may run in another directory
+    if app_args.get("cost_profile") is not None:
+        from rstitch_core.profile import CostProfile
+
+        CostProfile.load(app_args["cost_profile"])  # fail now, with the file named, not in a replica
+        app_args["cost_profile"] = str(Path(app_args["cost_profile"]).resolve())
     if args.port is not None:
         port = args.port
     return app_args, port
+
+
+def http_port(args: argparse.Namespace) -> int:
+    """The HTTP port: --http-port, else the config's http_options.port, else 8000."""
+    from services.app import HTTP_PORT
+
+    if getattr(args, "http_port", None) is not None:
+        return args.http_port
+    config = _load_config(args.config) if args.config else {}
+    return (config.get("http_options") or {}).get("port", HTTP_PORT)
+
+
+def _load_config(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"--config: cannot read {path!r}: {err}") from None
 
 
 def ensure_models(app_args: dict) -> None:
@@ -83,8 +108,8 @@ def ensure_models(app_args: dict) -> None:
 @contextmanager
 def local_service(app_args: dict, port: int, metrics_port: int, num_cpus: int | None, num_gpus: int | None = None,
                   http_port: int = 8000, quiet: bool = False):
-    """A local Ray cluster running the app with gRPC on `port`; shut down on exit. `quiet` keeps the
-    replicas' logs in Ray's log files instead of this terminal."""
+    """A local Ray cluster running the app with gRPC on `port` and HTTP on `http_port`; shut down on
+    exit. `quiet` keeps the replicas' logs in Ray's log files instead of this terminal."""
     import ray
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
@@ -100,21 +125,52 @@ def local_service(app_args: dict, port: int, metrics_port: int, num_cpus: int | 
         yield f"localhost:{port}"
     finally:
         print("rstitch: shutting down", file=sys.stderr, flush=True)
+        ray_processes = _descendants()
         serve.shutdown()
         ray.shutdown()
+        _reap(ray_processes)
+
+
+# ray.shutdown() stops the raylet and the GCS, but agents it started (metrics export, runtime env)
+# notice only later and keep their ports for up to about a minute: an immediate restart on the same
+# ports would fail. They are ours, started for this service: wait for them, then end them.
+REAP_GRACE_S = 5.0
+
+
+def _descendants() -> list:
+    import psutil
+
+    return psutil.Process().children(recursive=True)
+
+
+def _reap(processes: list) -> None:
+    """Return only once every process of the local cluster has exited, and with it every port it held."""
+    import psutil
+
+    _, alive = psutil.wait_procs(processes, timeout=REAP_GRACE_S)
+    for proc in alive:
+        proc.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=REAP_GRACE_S)
+    for proc in alive:
+        proc.kill()
+    psutil.wait_procs(alive, timeout=REAP_GRACE_S)
 
 
 def run(args: argparse.Namespace) -> int:
     app_args, port = app_settings(args)
+    port_http = http_port(args)
     ensure_models(app_args)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        with local_service(app_args, port, args.metrics_port, args.num_cpus, args.num_gpus) as address:
-            print(f"rstitch: serving rstitch.v1.RStitch over gRPC on {address} (Ctrl-C stops)", flush=True)
+        with local_service(app_args, port, args.metrics_port, args.num_cpus, args.num_gpus, port_http) as address:
+            print(f"rstitch: serving rstitch.v1.RStitch over gRPC on {address} and the OpenAI-compatible API "
+                  f"on http://localhost:{port_http}/v1 (Ctrl-C stops)", flush=True)
             print(f"rstitch: Prometheus metrics (ray_rstitch_*, ray_serve_*) at http://127.0.0.1:{args.metrics_port}"
                   "/metrics (scrape config: deploy/prometheus/prometheus.yml)", flush=True)
             print(f"rstitch: try: rstitch client --address {address} --prompt 'What is 17 * 23?'", flush=True)
+            print(f"rstitch:  or: any OpenAI client with base_url http://localhost:{port_http}/v1 "
+                  f"(model list: curl http://localhost:{port_http}/v1/models)", flush=True)
             stop.wait()
     except KeyboardInterrupt:
         pass

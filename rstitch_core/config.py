@@ -17,6 +17,7 @@ class Policy(str, Enum):
     SLM = "slm"  # the small model only
     SPECULATIVE = "speculative"  # SLM drafts, LLM verifies; output distribution is the LLM's
     RSTITCH_PLUS = "rstitch+"  # R-Stitch+: where the SLM is uncertain, a learned router decides
+    VERIFIED = "verified"  # SLM drafts while confident, the LLM verifies on its hand-over pass
 
     @property
     def stitches(self) -> bool:
@@ -26,13 +27,17 @@ class Policy(str, Enum):
     @classmethod
     def parse(cls, value: str | Policy) -> Policy:
         """Accept a Policy or its string name; raise ValueError naming the accepted values."""
-        if isinstance(value, Policy):
-            return value
-        try:
-            return cls(str(value).strip().lower())
-        except ValueError:
-            accepted = ", ".join(p.value for p in cls)
-            raise ValueError(f"unknown policy {value!r}; accepted: {accepted}") from None
+        return _parse_enum(cls, value, "policy")
+
+
+def _parse_enum(cls, value, what: str):
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls(str(value).strip().lower())
+    except ValueError:
+        accepted = ", ".join(member.value for member in cls)
+        raise ValueError(f"unknown {what} {value!r}; accepted: {accepted}") from None
 
 
 def _require(ok: bool, message: str) -> None:
@@ -83,18 +88,76 @@ class SamplingParams:
         return self.temperature == 0
 
 
+class Acceptance(str, Enum):
+    """Which drafts the LLM keeps when it verifies them (speculative and verified)."""
+
+    EXACT = "exact"  # greedy: the LLM's own token; sampled: rejection sampling (the LLM's distribution)
+    RELAXED = "relaxed"  # also keep a draft the LLM gives >= relaxed_ratio x its top token's probability
+
+    @classmethod
+    def parse(cls, value: str | Acceptance) -> Acceptance:
+        """Accept an Acceptance or its string name; raise ValueError naming the accepted values."""
+        return _parse_enum(cls, value, "acceptance rule")
+
+
+DEFAULT_DRAFT_TOKENS = {Policy.SPECULATIVE: 4, Policy.VERIFIED: 8}
+
+
 @dataclass(frozen=True)
 class RoutingParams:
-    """Which policy routes tokens, its entropy threshold tau and the speculative draft length."""
+    """Which policy routes tokens, its entropy threshold tau, the draft limit and the acceptance rule.
+
+    draft_tokens None is the policy's default (speculative 4, verified 8; with a cost profile the
+    verified policy chooses each draft's length itself, up to this limit). relaxed_ratio applies to
+    the relaxed rule only: 1 keeps only the LLM's top token (as exact, greedy), 0 keeps every draft.
+    """
 
     policy: Policy = Policy.RSTITCH
     threshold: float = 0.02
-    draft_tokens: int = 4
+    draft_tokens: int | None = None
+    acceptance: Acceptance = Acceptance.EXACT
+    relaxed_ratio: float = 0.5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "policy", Policy.parse(self.policy))
+        object.__setattr__(self, "acceptance", Acceptance.parse(self.acceptance))
         _require(isinstance(self.threshold, (int, float)) and not isinstance(self.threshold, bool)
                  and math.isfinite(self.threshold) and 0 <= self.threshold <= 1,
                  f"threshold (tau) must be a number in [0, 1], got {self.threshold!r}")
-        _require(_is_int(self.draft_tokens) and 1 <= self.draft_tokens <= MAX_DRAFT_TOKENS,
+        _require(self.draft_tokens is None or (_is_int(self.draft_tokens)
+                                               and 1 <= self.draft_tokens <= MAX_DRAFT_TOKENS),
                  f"draft_tokens must be an integer in [1, {MAX_DRAFT_TOKENS}], got {self.draft_tokens!r}")
+        _require(isinstance(self.relaxed_ratio, (int, float)) and not isinstance(self.relaxed_ratio, bool)
+                 and math.isfinite(self.relaxed_ratio) and 0 <= self.relaxed_ratio <= 1,
+                 f"relaxed_ratio must be a number in [0, 1], got {self.relaxed_ratio!r}")
+
+    @property
+    def cost_aware(self) -> bool:
+        """Whether a cost profile may choose each draft's length (up to draft_limit): for the
+        drafting policies, unless the request pins draft_tokens."""
+        return self.policy in (Policy.SPECULATIVE, Policy.VERIFIED) and self.draft_tokens is None
+
+    @property
+    def draft_limit(self) -> int:
+        """The most tokens one draft may hold (the policy's default when draft_tokens is unset)."""
+        return self.draft_tokens or DEFAULT_DRAFT_TOKENS.get(self.policy, 4)
+
+
+def parse_routing_spec(spec: str, threshold: float = RoutingParams.threshold,
+                       draft_tokens: int | None = None) -> RoutingParams:
+    """"POLICY[:relaxed=R][:k=N]" -> RoutingParams, e.g. "verified:relaxed=0.3" or "speculative:k=8"
+    (benchmarks and evaluations name their configurations this way). ValueError names the bad part."""
+    policy, *options = spec.strip().split(":")
+    extra: dict = {"draft_tokens": draft_tokens}
+    for option in options:
+        name, _, value = option.partition("=")
+        try:
+            if name == "relaxed":
+                extra.update(acceptance=Acceptance.RELAXED, relaxed_ratio=float(value))
+            elif name == "k":
+                extra["draft_tokens"] = int(value)
+            else:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{spec!r}: options are relaxed=RATIO and k=DRAFT_TOKENS, got {option!r}") from None
+    return RoutingParams(policy=Policy.parse(policy), threshold=threshold, **extra)

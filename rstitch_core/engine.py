@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from rstitch_core.config import Policy, RoutingParams, SamplingParams
-from rstitch_core.events import (Event, FinishEvent, FinishReason, GenerationStats, Source,
-                                 SwitchEvent, TokenEvent)
+from rstitch_core.events import Event, Source
+from rstitch_core.generation import Generation  # re-exported: it used to live here
 from rstitch_core.models.loading import check_pair, load_model
 from rstitch_core.models.runner import ModelRunner
+from rstitch_core.policies.loop import DraftControl, run_local
 from rstitch_core.policies.router import SwitchRouter
-from rstitch_core.policies.speculative import speculate
-from rstitch_core.policies.stitch import stitch
 from rstitch_core.prompts import check_prompt_ids, encode_prompt
 from rstitch_core.sampling import Sampler
 from rstitch_core.sequence import ModelState, Sequence as Seq
@@ -26,6 +24,8 @@ class Engine:
         self.slm, self.llm = slm, llm
         self.tokenizer = llm.tokenizer
         self.max_context = min(slm.max_context, llm.max_context)
+        # Makes each request's cost-aware draft control (None: drafts run to the policy's limit).
+        self.draft_control: Callable[[RoutingParams], DraftControl | None] | None = None
 
     @classmethod
     def load(cls, slm: str, llm: str, dtype: str = "float32", device: str = "cpu",
@@ -83,10 +83,8 @@ class Engine:
             passes.update(slm=slm.passes, llm=llm.passes)
         sampler = Sampler(sampling)
         try:
-            if routing.policy is Policy.SPECULATIVE:
-                yield from speculate(seq, slm, llm, routing, sampler)
-            else:
-                yield from stitch(seq, slm, llm, routing, sampler, router)
+            control = self.draft_control(routing) if self.draft_control is not None else None
+            yield from run_local(seq, slm, llm, routing, sampler, router, control)
         finally:
             slm.release()
             llm.release()
@@ -98,37 +96,3 @@ def check_router(routing: RoutingParams, router: SwitchRouter | None) -> None:
         raise ValueError("the rstitch+ policy needs a router (--router PATH, made by rstitch router train)")
     if router is not None and routing.policy is not Policy.RSTITCH_PLUS:
         raise ValueError(f"a router only applies to the rstitch+ policy, not {routing.policy.value!r}")
-
-
-@dataclass
-class Generation:
-    """A finished generation gathered from its events (CLI --json, tests, evaluation)."""
-
-    text: str
-    token_ids: list[int]
-    sources: list[Source]
-    entropies: list[float]
-    finish_reason: FinishReason
-    stats: GenerationStats
-    switches: list[SwitchEvent] = field(default_factory=list)
-
-    @classmethod
-    def collect(cls, events: Iterator[Event]) -> Generation:
-        tokens: list[TokenEvent] = []
-        switches: list[SwitchEvent] = []
-        for event in events:
-            if isinstance(event, TokenEvent):
-                tokens.append(event)
-            elif isinstance(event, SwitchEvent):
-                switches.append(event)
-            elif isinstance(event, FinishEvent):
-                return cls(event.text, [t.token_id for t in tokens], [t.source for t in tokens],
-                           [t.entropy for t in tokens], event.reason, event.stats, switches)
-        raise RuntimeError("generation ended without a finish event")
-
-    def to_dict(self) -> dict:
-        return {"text": self.text, "token_ids": self.token_ids, "sources": self.sources,
-                "entropies": self.entropies, "finish_reason": self.finish_reason.value,
-                "stats": self.stats.to_dict(),
-                "switches": [{"direction": s.direction, "position": s.position,
-                              "prefill_tokens": s.prefill_tokens} for s in self.switches]}

@@ -60,8 +60,9 @@ class GenerationStats:
     switches_slm_to_llm: int = 0
     switches_llm_to_slm: int = 0
     discarded_tokens: int = 0  # SLM tokens thrown away at an SLM -> LLM switch
-    drafted_tokens: int = 0  # speculative: SLM draft tokens proposed
-    accepted_tokens: int = 0  # speculative: draft tokens the LLM accepted
+    drafted_tokens: int = 0  # speculative, verified: provisional SLM tokens the LLM verified
+    accepted_tokens: int = 0  # ... of which the LLM kept (the rest were rolled back)
+    undrafted_rounds: int = 0  # rounds a cost profile ran as plain LLM steps: drafts could not pay
     time_to_first_token: float = 0.0
     total_seconds: float = 0.0
 
@@ -73,6 +74,19 @@ class GenerationStats:
         return self.slm.tokens + self.llm.tokens
 
     @property
+    def rolled_back_tokens(self) -> int:
+        """Drafts the LLM rejected: both caches dropped them."""
+        return self.drafted_tokens - self.accepted_tokens
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
+
+    @property
+    def tokens_per_llm_pass(self) -> float:
+        return self.generated_tokens / self.llm.forward_passes if self.llm.forward_passes else 0.0
+
+    @property
     def llm_token_share(self) -> float:
         return self.llm.tokens / self.generated_tokens if self.generated_tokens else 0.0
 
@@ -80,6 +94,9 @@ class GenerationStats:
         out = asdict(self)
         out["generated_tokens"] = self.generated_tokens
         out["llm_token_share"] = self.llm_token_share
+        out["rolled_back_tokens"] = self.rolled_back_tokens
+        out["acceptance_rate"] = self.acceptance_rate
+        out["tokens_per_llm_pass"] = self.tokens_per_llm_pass
         return out
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 import torch
 
 from rstitch_core.config import SamplingParams
@@ -21,7 +23,9 @@ class Sampler:
 
     def __init__(self, params: SamplingParams):
         self.params = params
-        self.seed = params.seed if params.seed is not None else int(torch.seed() % 2**63)
+        # Unseeded: a fresh OS-random seed. torch.seed() would do too, but it reseeds the whole
+        # process's global generator, which is not this request's to touch.
+        self.seed = params.seed if params.seed is not None else secrets.randbits(63)
         self.generator = torch.Generator()
         self.generator.manual_seed(self.seed)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rstitch_core import Generation, Policy, RoutingParams, SamplingParams
+from rstitch_core.config import parse_routing_spec
 from rstitch_eval.gsm8k import Problem
 from rstitch_eval.tasks import TASKS, Task
 
@@ -34,19 +35,31 @@ class BackendError(RuntimeError):
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """One column of the evaluation: `llm`, `slm`, `speculative`, `rstitch@<tau>` or `rstitch+`."""
+    """One column of the evaluation: `llm`, `slm`, `speculative`, `rstitch@<tau>`, `rstitch+`,
+    `verified@<tau>` or `verified@<tau>:relaxed=<ratio>`."""
 
     label: str
     routing: RoutingParams
 
 
-def build_configs(policies: Sequence[str], thresholds: Sequence[float], draft_tokens: int,
+def build_configs(policies: Sequence[str], thresholds: Sequence[float], draft_tokens: int | None,
                   router_tau: float | None = None) -> list[EvalConfig]:
-    """Configurations in the order given; `rstitch` expands to one per threshold, `rstitch+` runs at
-    its router's tau (ValueError if bad)."""
+    """Configurations in the order given; `rstitch` and `verified` expand to one per threshold
+    (`verified:relaxed=R` runs the relaxed acceptance rule at ratio R), `rstitch+` runs at its
+    router's tau (ValueError if bad)."""
     configs: dict[str, EvalConfig] = {}
-    for name in policies:
-        policy = Policy.parse(name)
+    for spec in policies:
+        policy = parse_routing_spec(spec).policy
+        if policy is Policy.VERIFIED:
+            if not thresholds:
+                raise ValueError("the verified policy needs at least one threshold (--thresholds)")
+            for tau in thresholds:
+                routing = parse_routing_spec(spec, tau, draft_tokens)
+                label = f"verified@{tau:g}" + spec[len(spec.split(":")[0]):]
+                configs.setdefault(label, EvalConfig(label, routing))
+            continue
+        if ":" in spec:
+            raise ValueError(f"{spec!r}: only verified takes options (relaxed=R, k=N)")
         if policy is Policy.RSTITCH_PLUS:
             if router_tau is None:
                 raise ValueError("the rstitch+ policy needs a router (--router PATH)")
@@ -61,7 +74,7 @@ def build_configs(policies: Sequence[str], thresholds: Sequence[float], draft_to
             configs.setdefault(policy.value, EvalConfig(policy.value, RoutingParams(policy=policy,
                                                                                    draft_tokens=draft_tokens)))
     if not configs:
-        raise ValueError("no policies given; accepted: llm, slm, speculative, rstitch, rstitch+")
+        raise ValueError("no policies given; accepted: llm, slm, speculative, rstitch, rstitch+, verified")
     return list(configs.values())
 
 
@@ -157,8 +170,10 @@ def run_one(task: Task, problem: Problem, config: EvalConfig, backend: Backend, 
     policy = config.routing.policy
     return {
         "problem_id": problem.id, "config": config.label, "policy": policy.value,
-        "threshold": config.routing.threshold if policy.stitches else None,
-        "draft_tokens": config.routing.draft_tokens if policy is Policy.SPECULATIVE else None,
+        "threshold": config.routing.threshold if policy.stitches or policy is Policy.VERIFIED else None,
+        "draft_tokens": (config.routing.draft_limit if policy in (Policy.SPECULATIVE, Policy.VERIFIED)
+                         else None),
+        "acceptance": config.routing.acceptance.value if policy is Policy.VERIFIED else None,
         "gold": problem.gold, "prediction": prediction, "correct": correct,
         "latency_s": latency, "engine_s": stats["total_seconds"], "ttft_s": stats["time_to_first_token"],
         "prompt_tokens": stats["prompt_tokens"], "generated_tokens": stats["generated_tokens"],

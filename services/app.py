@@ -17,6 +17,7 @@ from services.worker import LLMWorker, SLMWorker, WorkerConfig
 # (which answers INVALID_ARGUMENT) instead of failing as INTERNAL in the gRPC layer.
 GRPC_SERVICER = "services.grpc_api.add_RStitchServicer_to_server"
 GRPC_PORT = 9000
+HTTP_PORT = 8000  # Serve's HTTP proxy: the OpenAI-compatible API (services.openai_api)
 # Every call of one session must reach the replica holding its KV cache: consistent hashing on
 # the session id, and no fallback replica (a fallback would only rebuild the cache elsewhere).
 SESSION_AFFINITY = RequestRouterConfig(
@@ -56,6 +57,9 @@ class AppConfig:
     # While the SLM holds the turn, the LLM worker prefills its tokens in the background once this
     # many are unseen, so a hand-over pass feeds about one token (0: off).
     shadow_prefill_tokens: int = 0
+    # A saved `rstitch profile` file: speculative/verified requests that leave draft_tokens unset
+    # choose each draft's length from it, priced at the LLM worker's current batch (None: off).
+    cost_profile: str | None = None
 
     def __post_init__(self) -> None:
         tau = self.default_threshold
@@ -94,7 +98,7 @@ class AppConfig:
 
 
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
-    """Router (gRPC ingress) bound to an SLMWorker and an LLMWorker deployment."""
+    """Router (gRPC and HTTP ingress) bound to an SLMWorker and an LLMWorker deployment."""
     cfg = AppConfig.from_args(args)
     worker_options = dict(max_ongoing_requests=4 * cfg.max_sessions, request_router_config=SESSION_AFFINITY)
     slm = serve.deployment(SLMWorker, name="SLMWorker", num_replicas=cfg.slm_replicas,
@@ -108,7 +112,10 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     router_options = {"num_cpus": cfg.router_num_cpus}
     if cfg.router_resources:
         router_options["resources"] = dict(cfg.router_resources)
-    router = serve.deployment(Router, name="Router", max_ongoing_requests=2 * cfg.max_concurrent_requests,
-                              ray_actor_options=router_options)
+    # serve.ingress() without an app: Serve asks the constructed Router for its FastAPI app
+    # (Router.__serve_build_asgi_app__), so HTTP routes and gRPC Generate share one replica and path.
+    router = serve.deployment(serve.ingress()(Router), name="Router",
+                              max_ongoing_requests=2 * cfg.max_concurrent_requests, ray_actor_options=router_options)
     return router.bind(slm.bind(cfg.worker("slm")), llm.bind(cfg.worker("llm")), cfg.slm, cfg.llm,
-                       cfg.default_threshold, cfg.max_concurrent_requests, cfg.shadow_prefill_tokens)
+                       cfg.default_threshold, cfg.max_concurrent_requests, cfg.shadow_prefill_tokens,
+                       cfg.cost_profile)

@@ -49,8 +49,13 @@ ROUTER_METRICS = {
                                    "invalid_argument, resource_exhausted, cancelled or error).", ("policy", "outcome")),
     "rstitch_switches": MetricSpec("counter", "Switches between the models.", ("direction",)),
     "rstitch_discarded_tokens": MetricSpec("counter", "SLM tokens discarded at SLM -> LLM switches."),
-    "rstitch_speculative_drafted_tokens": MetricSpec("counter", "Speculative draft tokens the SLM proposed."),
-    "rstitch_speculative_accepted_tokens": MetricSpec("counter", "Speculative draft tokens the LLM accepted."),
+    "rstitch_drafted_tokens": MetricSpec("counter", "Draft tokens the LLM verified (speculative, verified).",
+                                         ("policy",)),
+    "rstitch_accepted_tokens": MetricSpec("counter", "Draft tokens the LLM kept.", ("policy",)),
+    "rstitch_rolled_back_tokens": MetricSpec("counter", "Draft tokens the LLM rejected (both caches dropped "
+                                             "them).", ("policy",)),
+    "rstitch_forward_passes": MetricSpec("counter", "Forward passes of finished requests, by model "
+                                         "(tokens per LLM pass = rstitch_tokens / this).", ("model",)),
     "rstitch_token_entropy": MetricSpec("histogram", "Normalized entropy of each emitted token's "
                                         "distribution, by the model that wrote it.", ("model",), tuple(ENTROPY_BUCKETS)),
     "rstitch_switch_latency_seconds": MetricSpec("histogram", "Gap in the token stream at a switch: from the "
@@ -106,8 +111,8 @@ class RouterMetrics:
         m = _make(ROUTER_METRICS)
         self.tokens, self.requests, self.switches = m["rstitch_tokens"], m["rstitch_requests"], m["rstitch_switches"]
         self.discarded = m["rstitch_discarded_tokens"]
-        self.drafted = m["rstitch_speculative_drafted_tokens"]
-        self.accepted = m["rstitch_speculative_accepted_tokens"]
+        self.drafted, self.accepted = m["rstitch_drafted_tokens"], m["rstitch_accepted_tokens"]
+        self.rolled_back, self.passes = m["rstitch_rolled_back_tokens"], m["rstitch_forward_passes"]
         self.entropy = m["rstitch_token_entropy"]
         self.ttft = m["rstitch_time_to_first_token_seconds"]
         self.itl = m["rstitch_inter_token_latency_seconds"]
@@ -146,10 +151,15 @@ class RequestRecorder:
         if s.generated_tokens:
             self.m.ttft.observe(s.time_to_first_token, {"policy": self.policy})
             self.m.llm_share.observe(s.llm_token_share, {"policy": self.policy})
-        for counter, value in ((self.m.discarded, s.discarded_tokens), (self.m.drafted, s.drafted_tokens),
-                               (self.m.accepted, s.accepted_tokens)):
+        policy = {"policy": self.policy}
+        for counter, value, tags in ((self.m.discarded, s.discarded_tokens, None),
+                                     (self.m.drafted, s.drafted_tokens, policy),
+                                     (self.m.accepted, s.accepted_tokens, policy),
+                                     (self.m.rolled_back, s.rolled_back_tokens, policy),
+                                     (self.m.passes, s.slm.forward_passes, {"model": "slm"}),
+                                     (self.m.passes, s.llm.forward_passes, {"model": "llm"})):
             if value:  # Ray counters refuse an increment of 0
-                counter.inc(value)
+                counter.inc(value, tags)
         self.close(event.reason.value, s.total_seconds)
 
     def close(self, outcome: str, seconds: float) -> None:

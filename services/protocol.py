@@ -14,17 +14,20 @@ from dataclasses import dataclass, fields
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from rstitch.v1 import rstitch_pb2 as pb
-from rstitch_core.config import Policy, RoutingParams, SamplingParams
-from rstitch_core.engine import Generation
+from rstitch_core.config import Acceptance, Policy, RoutingParams, SamplingParams
 from rstitch_core.events import (Event, FinishEvent, FinishReason, GenerationStats, ModelStats,
                                  SwitchEvent, TokenEvent)
+from rstitch_core.generation import Generation
 from rstitch_core.prompts import validate_messages
+from services import limits
 
 POLICIES = {pb.POLICY_UNSPECIFIED: Policy.RSTITCH, pb.POLICY_RSTITCH: Policy.RSTITCH,
             pb.POLICY_LLM: Policy.LLM, pb.POLICY_SLM: Policy.SLM, pb.POLICY_SPECULATIVE: Policy.SPECULATIVE,
-            pb.POLICY_RSTITCH_PLUS: Policy.RSTITCH_PLUS}
-POLICY_ENUMS = {Policy.RSTITCH: pb.POLICY_RSTITCH, Policy.LLM: pb.POLICY_LLM, Policy.SLM: pb.POLICY_SLM,
-                Policy.SPECULATIVE: pb.POLICY_SPECULATIVE, Policy.RSTITCH_PLUS: pb.POLICY_RSTITCH_PLUS}
+            pb.POLICY_RSTITCH_PLUS: Policy.RSTITCH_PLUS, pb.POLICY_VERIFIED: Policy.VERIFIED}
+POLICY_ENUMS = {policy: number for number, policy in POLICIES.items() if number != pb.POLICY_UNSPECIFIED}
+ACCEPTANCES = {pb.ACCEPTANCE_UNSPECIFIED: Acceptance.EXACT, pb.ACCEPTANCE_EXACT: Acceptance.EXACT,
+               pb.ACCEPTANCE_RELAXED: Acceptance.RELAXED}
+ACCEPTANCE_ENUMS = {Acceptance.EXACT: pb.ACCEPTANCE_EXACT, Acceptance.RELAXED: pb.ACCEPTANCE_RELAXED}
 MODELS = {"slm": pb.MODEL_SLM, "llm": pb.MODEL_LLM}
 DIRECTIONS = {"slm_to_llm": pb.SWITCH_DIRECTION_SLM_TO_LLM, "llm_to_slm": pb.SWITCH_DIRECTION_LLM_TO_SLM}
 FINISH_REASONS = {FinishReason.EOS: pb.FINISH_REASON_EOS, FinishReason.STOP: pb.FINISH_REASON_STOP,
@@ -57,10 +60,12 @@ def parse_request(req: pb.GenerateRequest, default_threshold: float | None = Non
     runs at `router_tau`, the tau of the server's router (NoRouter when it has none).
 
     Raises ValueError whose message starts with the field path, e.g.
-    "sampling.max_new_tokens must be an integer >= 1, got 0" (servers answer INVALID_ARGUMENT).
+    "sampling.max_new_tokens must be an integer >= 1, got 0" (servers answer INVALID_ARGUMENT);
+    sizes are bounded first (services.limits).
     """
     if isinstance(req, MalformedRequest):
         raise ValueError(f"request: {req.error}")
+    _check_sizes(req)
     _reject_unknown_fields(req, "")
     prompt, messages = _parse_input(req)
     return ParsedRequest(prompt, messages, _parse_sampling(req.sampling),
@@ -73,6 +78,17 @@ class MalformedRequest:
     INVALID_ARGUMENT instead of the gRPC layer's INTERNAL (see services.grpc_api)."""
 
     error: str
+
+
+def _check_sizes(req: pb.GenerateRequest) -> None:
+    """The bounds of services.limits, before anything is decoded further, tokenized or echoed."""
+    limits.check_request_bytes(req.ByteSize())
+    limits.check_request_id(req.request_id)
+    if req.WhichOneof("input") == "prompt":
+        limits.check_prompt(req.prompt)
+    elif req.WhichOneof("input") == "messages":
+        limits.check_messages([{"role": m.role, "content": m.content} for m in req.messages.messages])
+    limits.check_stop(req.sampling.stop)
 
 
 def _reject_unknown_fields(message, path: str) -> None:
@@ -133,12 +149,17 @@ def _parse_routing(r: pb.RoutingParams, default_threshold: float | None, router_
             raise NoRouter("POLICY_RSTITCH_PLUS: this server holds no router; start it with --router PATH "
                            "(rstitch serve) or set router in the Serve config")
         default_threshold = router_tau
+    if r.acceptance not in ACCEPTANCES:
+        accepted = ", ".join(f"{n} ({pb.Acceptance.Name(n)})" for n in ACCEPTANCES)
+        raise ValueError(f"routing.acceptance: unknown value {r.acceptance}; accepted: {accepted}")
     d = RoutingParams()
     return _prefixed("routing.", lambda: RoutingParams(
         policy=POLICIES[r.policy],
         threshold=(_float32(r.threshold) if r.HasField("threshold")
                    else d.threshold if default_threshold is None else default_threshold),
-        draft_tokens=r.draft_tokens if r.HasField("draft_tokens") else d.draft_tokens))
+        draft_tokens=r.draft_tokens if r.HasField("draft_tokens") else d.draft_tokens,
+        acceptance=ACCEPTANCES[r.acceptance],
+        relaxed_ratio=_float32(r.relaxed_ratio) if r.HasField("relaxed_ratio") else d.relaxed_ratio))
 
 
 def _prefixed(path: str, build: Callable[[], T]) -> T:
@@ -185,7 +206,11 @@ def build_request(prompt: str | None = None, messages: Sequence[dict] | None = N
         s.seed = sampling.seed
     s.stop.extend(sampling.stop)
     r = req.routing
-    r.policy, r.draft_tokens = POLICY_ENUMS[routing.policy], routing.draft_tokens
+    r.policy, r.acceptance = POLICY_ENUMS[routing.policy], ACCEPTANCE_ENUMS[routing.acceptance]
+    if routing.draft_tokens is not None:
+        r.draft_tokens = routing.draft_tokens
+    if routing.acceptance is Acceptance.RELAXED:
+        r.relaxed_ratio = routing.relaxed_ratio
     if routing.policy is not Policy.RSTITCH_PLUS:  # rstitch+ runs at the server's router's tau
         r.threshold = routing.threshold
     return req
@@ -227,7 +252,8 @@ def finish_response(request_id: str, event: FinishEvent) -> pb.GenerateResponse:
     concatenation of the Tokens messages, so they are not repeated)."""
     s = event.stats
     usage = pb.Usage(**{f.name: getattr(s, f.name) for f in fields(GenerationStats) if f.name not in ("slm", "llm")},
-                     generated_tokens=s.generated_tokens, slm=_model_usage(s.slm), llm=_model_usage(s.llm))
+                     generated_tokens=s.generated_tokens, rolled_back_tokens=s.rolled_back_tokens,
+                     slm=_model_usage(s.slm), llm=_model_usage(s.llm))
     return pb.GenerateResponse(request_id=request_id,
                                finish=pb.Finish(reason=FINISH_REASONS[event.reason], usage=usage))
 

@@ -1,44 +1,81 @@
-"""The gRPC entry: validates a request, drives it across the workers, streams every token at once."""
+"""The Serve ingress. One path validates a request, admits it under the concurrency limit, drives it
+across the workers and streams the core's events (prepare -> stream); two front ends translate it:
+gRPC `Generate` (here) and the OpenAI-compatible HTTP API (services.openai_api)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
-from typing import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Callable
 
 import grpc
 
 from rstitch.v1 import rstitch_pb2 as pb
-from rstitch_core.events import FinishEvent, SwitchEvent, TokenEvent
+from rstitch_core.events import Event, FinishEvent, SwitchEvent, TokenEvent
 from rstitch_core.models.loading import check_tokenizers, load_tokenizer
 from rstitch_core.prompts import check_prompt_ids, encode_prompt
 from rstitch_core.sequence import Sequence
-from services.metrics import BUSY, CANCELLED, ERROR, INVALID, RouterMetrics
-from services.protocol import NoRouter, finish_response, parse_request, switch_response, tokens_response
+from services.metrics import BUSY, CANCELLED, ERROR, INVALID, RequestRecorder, RouterMetrics
+from services.protocol import (NoRouter, ParsedRequest, finish_response, parse_request, switch_response,
+                               tokens_response)
+from rstitch_core.policies.cost_aware import CostAwareControl
 from services.session import RemoteSession
 from services.worker import WorkerBusy, resolve_model_source
 
 logger = logging.getLogger(__name__)
 
 
+class ServerBusy(RuntimeError):
+    """This router replica already runs max_concurrent_requests requests, or a worker has no free
+    session slot (gRPC RESOURCE_EXHAUSTED, HTTP 429). The message is meant for the client."""
+
+
+class WorkerUnavailable(RuntimeError):
+    """A worker could not be reached, even after retries (gRPC UNAVAILABLE, HTTP 503)."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated request, ready to stream: nothing is held for it yet."""
+
+    request: ParsedRequest  # or a front end's subclass of it
+    prompt_ids: list[int]
+    pair: dict
+    started: float
+
+
 class Router:
-    """Serve ingress for `rstitch.v1.RStitch`; the method name matches the RPC name."""
+    """Serve ingress for `rstitch.v1.RStitch` (the method name matches the RPC name) and, through
+    `__serve_build_asgi_app__`, for the OpenAI HTTP API."""
 
     def __init__(self, slm, llm, slm_source: str | None, llm_source: str | None, default_threshold: float = 0.02,
-                 max_concurrent_requests: int = 64, shadow_prefill_tokens: int = 0):
+                 max_concurrent_requests: int = 64, shadow_prefill_tokens: int = 0, cost_profile: str | None = None):
         self.handles = {"slm": slm, "llm": llm}
         self.default_threshold = default_threshold  # tau when a request leaves routing.threshold unset
         self.max_concurrent_requests = max_concurrent_requests
         self.active_requests = 0
         self.shadow_prefill_tokens = shadow_prefill_tokens  # see RemoteSession
-        slm_tokenizer = load_tokenizer(resolve_model_source(slm_source, "slm"), "slm")
-        self.tokenizer = load_tokenizer(resolve_model_source(llm_source, "llm"), "llm")
+        self.cost_profile = _load_cost_profile(cost_profile)
+        sources = {m: resolve_model_source(s, m) for m, s in (("slm", slm_source), ("llm", llm_source))}
+        slm_tokenizer = load_tokenizer(sources["slm"], "slm")
+        self.tokenizer = load_tokenizer(sources["llm"], "llm")
         check_tokenizers(slm_tokenizer, self.tokenizer)  # a mismatched pair never serves a token
+        self.model_id = "+".join(_model_name(sources[m]) for m in ("slm", "llm"))  # the pair, as one model
         self.metrics = RouterMetrics()
         self._pair: dict | None = None
         self._pair_lock = asyncio.Lock()
+
+    def __serve_build_asgi_app__(self):
+        """The HTTP front end, built by Serve once the replica is constructed (see app.build_app)."""
+        from services.openai_api import build_http_app
+
+        return build_http_app(self)
 
     async def pair_info(self) -> dict:
         """Stop ids, context window and vocabulary shared by both workers (asked once)."""
@@ -53,66 +90,150 @@ class Router:
                               "vocab_size": min(slm["vocab_size"], llm["vocab_size"])}
             return self._pair
 
-    async def Generate(self, request: pb.GenerateRequest, grpc_context=None) -> AsyncIterator[pb.GenerateResponse]:
-        """Stream one generation; INVALID_ARGUMENT (naming the field) for a bad request."""
+    async def prepare(self, parse: Callable[[dict], ParsedRequest]) -> Prepared:
+        """Validate a request that the front end parses with `parse(pair_info)`, and encode its prompt.
+        Raises (counted as invalid) ValueError naming the field or NoRouter; WorkerUnavailable."""
         started = time.perf_counter()
-        pair = await self.pair_info()
         try:
-            parsed = parse_request(request, self.default_threshold, pair["router_tau"])
+            pair = await self.pair_info()
+        except Exception as err:
+            self.metrics.request("unknown").close(ERROR, time.perf_counter() - started)
+            if (unavailable := as_unavailable(err)) is not None:
+                raise unavailable from err
+            raise
+        try:
+            parsed = parse(pair)
             if parsed.sampling.max_new_tokens > pair["max_context"]:
                 raise ValueError(f"sampling.max_new_tokens must be <= {pair['max_context']} (the context "
                                  f"window), got {parsed.sampling.max_new_tokens}")
             ids = encode_prompt(self.tokenizer, parsed.prompt, parsed.messages)
             check_prompt_ids(ids, pair["max_context"], pair["vocab_size"])
-        except ValueError as err:
+        except ValueError:
             self.metrics.request("unknown").close(INVALID, time.perf_counter() - started)
-            _abort(grpc_context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
             raise
-        except NoRouter as err:
+        except NoRouter:
             self.metrics.request("rstitch+").close(INVALID, time.perf_counter() - started)
-            _abort(grpc_context, grpc.StatusCode.FAILED_PRECONDITION, str(err))
             raise
+        return Prepared(parsed, ids, pair, started)
+
+    async def stream(self, prepared: Prepared) -> AsyncIterator[Event]:
+        """Admit a prepared request and stream its core events; however the stream ends (finished,
+        failed, or closed or cancelled because the client went away) both workers drop the session.
+        Raises ServerBusy, WorkerUnavailable, or any other exception (an internal error, logged)."""
+        req, started = prepared.request, prepared.started
+        record = self.metrics.request(req.routing.policy.value)
         if self.active_requests >= self.max_concurrent_requests:
-            self.metrics.request(parsed.routing.policy.value).close(BUSY, time.perf_counter() - started)
-            message = (f"server busy: {self.active_requests} requests in flight on this replica "
-                       f"(max_concurrent_requests={self.max_concurrent_requests}); retry later")
-            _abort(grpc_context, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
-            raise ServerBusy(message)
-        rid = parsed.request_id
-        seq = Sequence.create(ids, parsed.sampling, self.tokenizer, pair["eos_token_ids"], pair["max_context"])
-        session = RemoteSession(f"{rid}-{uuid.uuid4().hex[:8]}", seq, parsed.routing, self.handles,
+            record.close(BUSY, time.perf_counter() - started)
+            raise ServerBusy(f"server busy: {self.active_requests} requests in flight on this replica "
+                             f"(max_concurrent_requests={self.max_concurrent_requests}); retry later")
+        pair = prepared.pair
+        seq = Sequence.create(prepared.prompt_ids, req.sampling, self.tokenizer, pair["eos_token_ids"],
+                              pair["max_context"])
+        session = RemoteSession(f"{req.request_id}-{uuid.uuid4().hex[:8]}", seq, req.routing, self.handles,
                                 self.shadow_prefill_tokens)
-        record = self.metrics.request(parsed.routing.policy.value)
+        if self.cost_profile is not None and req.routing.cost_aware:
+            session.control = CostAwareControl(self.cost_profile, batch_rows=lambda: session.llm_batch_rows)
         self.active_requests += 1
         try:
             async for event in session.events():
-                if isinstance(event, TokenEvent):
-                    record.token(event, time.perf_counter())
-                    yield tokens_response(rid, [event])
-                elif isinstance(event, SwitchEvent):
-                    record.switch(event)
-                    yield switch_response(rid, event)
-                elif isinstance(event, FinishEvent):
-                    record.finish(event)
-                    yield finish_response(rid, event)
-        except asyncio.CancelledError:
+                _record(record, event)
+                yield event
+        except (asyncio.CancelledError, GeneratorExit):
             record.close(CANCELLED, time.perf_counter() - started)
             raise
         except WorkerBusy as err:
             record.close(BUSY, time.perf_counter() - started)
-            _abort(grpc_context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"server busy: {err}; retry later")
-            raise
-        except Exception:
+            logger.warning("request %s: worker busy: %s", req.request_id, err)
+            raise ServerBusy(f"server busy: {_own_message(err)}; retry later") from err
+        except Exception as err:
             record.close(ERROR, time.perf_counter() - started)
+            logger.error("request %s failed", req.request_id, exc_info=err)
+            if (unavailable := as_unavailable(err)) is not None:
+                raise unavailable from err
             raise
         finally:
             self.active_requests -= 1
-            # Finished, failed or cancelled (client gone): the workers drop the session's caches.
             session.release()
 
+    async def Generate(self, request: pb.GenerateRequest, grpc_context=None) -> AsyncIterator[pb.GenerateResponse]:
+        """The gRPC front end: stream one generation; INVALID_ARGUMENT (naming the field) for a bad request."""
+        rid = ""
+        try:
+            prepared = await self.prepare(lambda pair: parse_request(request, self.default_threshold,
+                                                                     pair["router_tau"]))
+            rid = prepared.request.request_id
+            async with aclosing(self.stream(prepared)) as events:
+                async for event in events:
+                    if (response := _response(rid, event)) is not None:
+                        yield response
+        except Exception as err:
+            _abort(grpc_context, *_grpc_status(err, rid))
+            raise
 
-class ServerBusy(RuntimeError):
-    """This router replica already runs max_concurrent_requests requests."""
+
+def _record(record: RequestRecorder, event: Event) -> None:
+    if isinstance(event, TokenEvent):
+        record.token(event, time.perf_counter())
+    elif isinstance(event, SwitchEvent):
+        record.switch(event)
+    elif isinstance(event, FinishEvent):
+        record.finish(event)
+
+
+def _response(rid: str, event: Event) -> pb.GenerateResponse | None:
+    if isinstance(event, TokenEvent):
+        return tokens_response(rid, [event])
+    if isinstance(event, SwitchEvent):
+        return switch_response(rid, event)
+    if isinstance(event, FinishEvent):
+        return finish_response(rid, event)
+    return None
+
+
+def _grpc_status(err: Exception, rid: str) -> tuple[grpc.StatusCode, str]:
+    if isinstance(err, ValueError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(err)
+    if isinstance(err, NoRouter):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(err)
+    if isinstance(err, ServerBusy):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(err)
+    if isinstance(err, WorkerUnavailable):
+        return grpc.StatusCode.UNAVAILABLE, str(err)
+    return grpc.StatusCode.INTERNAL, f"internal error in request {rid or '(unparsed)'}; the server log has the details"
+
+
+def as_unavailable(err: Exception) -> WorkerUnavailable | None:
+    """WorkerUnavailable for an error that says a worker cannot be reached (a replica lost beyond
+    the session's retries, or no replica to take the call); None for any other error."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    if isinstance(err, (RayActorError, ActorUnavailableError, BackPressureError, DeploymentUnavailableError)):
+        return WorkerUnavailable(f"a worker is unavailable ({type(err).__name__}); retry later")
+    return None
+
+
+def _model_name(source: str) -> str:
+    """A model's short name: its folder or file name without .gguf, or a hub id's last part."""
+    name = Path(source.rstrip("/")).name
+    return name.removesuffix(".gguf") or source
+
+
+def _own_message(err: BaseException) -> str:
+    """A worker exception's own one-line message. Ray wraps it (RayTaskError) in a text with ANSI
+    colours, the actor id, pid, IP, paths and a traceback, which belong in the server log, not in
+    what a client sees; the original message is its last line, after the exception's dotted name."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException) and cause is not err:
+        return _own_message(cause)
+    text = str(err.args[0]) if err.args else ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    return re.sub(r"^(?:\w+\.)+\w+: ", "", _ANSI.sub("", lines[-1]))
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _abort(grpc_context, code: grpc.StatusCode, details: str) -> None:
@@ -121,3 +242,14 @@ def _abort(grpc_context, code: grpc.StatusCode, details: str) -> None:
     if grpc_context is not None:
         grpc_context.set_code(code)
         grpc_context.set_details(details)
+
+
+def _load_cost_profile(path: str | None):
+    """The serving cost profile (AppConfig.cost_profile), or None; logged so operators see it."""
+    if path is None:
+        return None
+    from rstitch_core.profile import CostProfile
+
+    profile = CostProfile.load(path)
+    logger.info("cost profile %s (%s, %s): drafts are priced by it", path, profile.key.hardware, profile.key.dtype)
+    return profile

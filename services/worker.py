@@ -1,8 +1,9 @@
 """SLM and LLM workers: one model each, holding their sessions' KV caches.
 
-A call says "continue session S given these tokens": the worker partially prefills only what its
-cache lacks and runs the core's own turn / draft / verify functions, streaming tokens back as they
-are produced. A session the worker does not hold (evicted, restarted, another replica) is rebuilt
+A call says "run this op of the policy loop for session S, given these tokens": the worker crops
+its cache to what the front end knows matches, partially prefills only what it lacks and runs the
+core's own phase (rstitch_core.policies.phases: the SLM drafts, the LLM verifies), streaming kept
+tokens back as they are produced. A session the worker does not hold (evicted, restarted, another replica) is rebuilt
 by prefilling everything: slower but correct, and counted. This module imports no Ray: Serve wraps
 these classes in services/app.py, and tests can drive them directly.
 """
@@ -18,13 +19,12 @@ from typing import AsyncIterator
 
 import torch
 
-from rstitch_core.config import RoutingParams, SamplingParams
+from rstitch_core.config import Policy, RoutingParams, SamplingParams
 from rstitch_core.events import ModelStats, Source
 from rstitch_core.models.batched import supports_batching
 from rstitch_core.models.loading import load_model
 from rstitch_core.models.scheduler import BatchedRunner
-from rstitch_core.policies.speculative import Draft, draft, verify
-from rstitch_core.policies.stitch import run_turn
+from rstitch_core.policies.phases import Op, run_phase
 from rstitch_core.sampling import Sampler
 from rstitch_core.sequence import ModelState, Sequence
 from services.metrics import WorkerMetrics
@@ -57,20 +57,20 @@ class WorkerConfig:
 
 @dataclass
 class TurnCall:
-    """One round trip from the router: the whole sequence so far and how far our cache is trusted."""
+    """One round trip from the front end: the whole sequence so far, how much of our cache still
+    matches it, and the op of the policy loop to run (None: a shadow prefill)."""
 
     session_id: str
     token_ids: list[int]  # prompt + generated so far
     prompt_len: int
-    keep: int  # leading cached positions known to match token_ids (speculative rollbacks lower it)
+    num_cached: int  # leading cached positions known to match token_ids (rollbacks lower it)
     sampling: SamplingParams
     routing: RoutingParams
     max_context: int
     eos_token_ids: frozenset[int]
     rng_state: torch.Tensor | None = None  # the request's sampler state (None when greedy)
-    first: bool = True  # the router's first call to this model for the session
-    num_draft: int = 0  # draft(): how many tokens to draft
-    draft: Draft | None = None  # verify(): the SLM's draft
+    first: bool = True  # the front end's first call to this model for the session
+    op: Op | None = None  # run(): the DraftOp (SLM) or VerifyOp (LLM)
 
 
 _RELEASED_MEMORY = 65_536
@@ -145,29 +145,24 @@ class ModelWorker:
                 "max_context": self.runner.max_context, "vocab_size": self.runner.vocab_size,
                 "device": str(self.runner.device)}
 
-    async def turn(self, call: TurnCall) -> AsyncIterator[dict]:
-        """Decode until this model must hand over or the sequence ends; stream each kept token as
-        {"token", "entropy"} and finish with {"end": True, "handoff", ...} (see _end)."""
+    async def run(self, call: TurnCall) -> AsyncIterator[dict]:
+        """Run call.op on this session's cache: stream each token it keeps as {"token", "source",
+        "entropy"} and finish with {"end": True, "result": Drafted | Verdict, ...} (see _end)."""
         session, rebuilt = self._checkout(call)
         try:
-            turn = run_turn(session.seq, session.state, call.routing, session.sampler, self.router)
-            while True:
-                done, value = await self._in_thread(session, _advance, turn)
+            gate = self.router if call.routing.policy is Policy.RSTITCH_PLUS else None
+            phase = run_phase(call.op, session.seq, session.state, session.sampler, gate)
+            # Serve does not cancel this call when the front end's request is cancelled: once the
+            # session is released (its request is over) stop decoding for it at the next pass.
+            while call.session_id not in self._released:
+                done, value = await self._in_thread(session, _advance, phase)
                 if done:
                     session.state.idle()
-                    yield self._end(session, rebuilt, handoff=value)
+                    yield {**self._end(session, rebuilt), "result": value}
                     return
-                yield {"token": value.token_id, "entropy": value.entropy}
+                yield {"token": value.token_id, "source": value.source, "entropy": value.entropy}
         finally:
             self._checkin(call.session_id, session)
-
-    async def draft(self, call: TurnCall) -> dict:
-        """Speculative: draft call.num_draft tokens past the sequence."""
-        return await self._one_pass(call, "draft", lambda s: draft(s.seq, s.state, s.sampler, call.num_draft))
-
-    async def verify(self, call: TurnCall) -> dict:
-        """Speculative: verify call.draft in one pass."""
-        return await self._one_pass(call, "verdict", lambda s: verify(s.seq, s.state, call.draft, s.sampler))
 
     async def prefill(self, call: TurnCall) -> dict:
         """Shadow prefill: feed what the cache lacks of the sequence, all but its last token, while
@@ -236,7 +231,7 @@ class ModelWorker:
                 self._free(session)
             self._make_room()
             session = self._new_session(call)
-        session.state.rollback(min(session.state.num_cached, call.keep))
+        session.state.rollback(min(session.state.num_cached, call.num_cached))
         session.seq.extend(call.token_ids[len(session.seq.token_ids):])
         if call.rng_state is not None:
             session.sampler.set_state(call.rng_state)
@@ -265,11 +260,15 @@ class ModelWorker:
     def _report(self) -> None:
         self.metrics.state(len(self.sessions), self._cached_tokens())
 
-    def _end(self, session: Session, rebuilt: bool, handoff: bool = False) -> dict:
+    def _end(self, session: Session, rebuilt: bool) -> dict:
         self.metrics.call(session.state.stats.prefill_tokens, rebuilt)
-        return {"end": True, "handoff": handoff, "num_cached": session.state.num_cached,
+        return {"end": True, "num_cached": session.state.num_cached, "batch_rows": self._batch_rows(),
                 "stats": asdict(session.state.stats), "rebuilt": rebuilt,
                 "rng_state": None if session.sampler.greedy else session.sampler.get_state()}
+
+    def _batch_rows(self) -> int:
+        """Rows in this worker's last batched pass (1 unbatched): what a draft is priced at."""
+        return self.runner.stats.last_batch_rows if isinstance(self.runner, BatchedRunner) else 1
 
     def _cached_tokens(self) -> int:
         return sum(s.state.num_cached for s in self.sessions.values())

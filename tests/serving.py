@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import socket
 
+# Greedy on the tiny pair (tests/tiny_models.py), no policy ends this prompt within HOLD_TOKENS
+# (the SLM ends "the quick brown fox" after 55): a stream opened with it is still running when a
+# test cancels it or probes the workers, however fast the machine is.
+HOLD_PROMPT = "hold this session"
+HOLD_TOKENS = 480
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -1,6 +1,6 @@
 """A ModelRunner that many sequences call at once: their passes run together, one batch per step.
 
-Each sequence keeps running the core's own loop (policies/stitch.py, speculative.py) in its own
+Each sequence keeps running the core's own phases (policies/phases.py) in its own
 thread; its forward() call joins the next batched pass and blocks until that pass is done. A
 scheduler thread runs the passes: it takes every pass submitted so far, and first waits (at most
 `linger_s`) for the sequences of the previous pass to submit their next one, so a step does not
@@ -27,6 +27,7 @@ class SchedulerStats:
     tokens: int = 0  # tokens fed, padding excluded
     max_rows: int = 0
     lingers: int = 0  # steps that waited the whole linger for a sequence of the previous pass
+    last_batch_rows: int = 1  # rows of the latest step (what the next draft is priced at)
 
 
 class BatchedRunner:
@@ -121,6 +122,7 @@ class BatchedRunner:
             tokens = sum(len(r.token_ids) for r, _ in batch)
             s = self.stats
             s.steps, s.rows, s.max_rows = s.steps + 1, s.rows + len(batch), max(s.max_rows, len(batch))
+            s.last_batch_rows = len(batch)
             s.tokens += tokens
             if self.on_step is not None:
                 self.on_step(len(batch), tokens, seconds)

@@ -14,7 +14,7 @@ CONFIG = ROOT / "deploy" / "serve_config.yaml"
 
 def ns(**kw):
     base = dict(slm=None, llm=None, config=None, llm_replicas=None, dtype=None, port=None, metrics_port=8080,
-                router=None, shadow_prefill_tokens=None)
+                router=None, shadow_prefill_tokens=None, cost_profile=None)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -26,6 +26,18 @@ def test_flags_override_the_config():
     assert args["shadow_prefill_tokens"] == 0
     args, _ = app_settings(ns(config=str(CONFIG), shadow_prefill_tokens=16))
     assert args["shadow_prefill_tokens"] == 16
+
+
+def test_a_cost_profile_is_checked_before_serving(tmp_path):
+    from rstitch_core.costmodel import PassCost
+    from rstitch_core.profile import CostProfile, ProfileKey
+
+    with pytest.raises(ValueError, match="not a cost profile"):
+        app_settings(ns(cost_profile=str(tmp_path / "missing.json")))
+    path = CostProfile(ProfileKey("s", "l", "float32", "cpu", "Test CPU", 2), PassCost((0.1, 0, 0, 0, 0, 0)),
+                       PassCost((0.3, 0, 0, 0, 0, 0))).save(tmp_path / "p.json")
+    args, _ = app_settings(ns(cost_profile=str(path)))
+    assert args["cost_profile"] == str(path.resolve())
 
 
 def test_bad_settings_are_value_errors(tmp_path):

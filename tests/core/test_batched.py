@@ -72,25 +72,26 @@ def batched(engine):
 
 @pytest.mark.parametrize("policy", ["rstitch", "llm", "slm", "speculative"])
 def test_concurrent_batched_greedy_equals_batch_one(engine, batched, policy):
-    """Eight requests with different prompts and budgets (so they join and leave at different
-    times) run concurrently through the batched runners; each equals its batch-1 run."""
+    """Eight requests with different prompts and budgets (so they leave at different times and,
+    stitching, join each model's passes at different times) run concurrently through the batched
+    runners; each equals its batch-1 run."""
     budgets = [40, 25, 60, 10, 35, 50, 15, 45]
     routing = RoutingParams(policy=policy, threshold=0.5)
     want = [Generation.collect(engine.generate(p, sampling=SamplingParams(max_new_tokens=n), routing=routing))
             for p, n in zip(PROMPTS, budgets)]
     got: list = [None] * len(PROMPTS)
+    start = threading.Barrier(len(PROMPTS))
 
     def run(i):
-        got[i] = Generation.collect(batched.generate(PROMPTS[i], sampling=SamplingParams(max_new_tokens=budgets[i]),
-                                                     routing=routing))
+        events = batched.generate(PROMPTS[i], sampling=SamplingParams(max_new_tokens=budgets[i]), routing=routing)
+        start.wait(timeout=60)  # all arrive together (tokenized, no pass yet): a pass can be shared
+        got[i] = Generation.collect(events)
 
     steps_before = batched.slm.stats.steps + batched.llm.stats.steps
     rows_before = batched.slm.stats.rows + batched.llm.stats.rows
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))]
-    for i, t in enumerate(threads):
+    for t in threads:
         t.start()
-        if i % 3 == 2:
-            threads[i - 1].join(timeout=0.01)  # stagger the arrivals a little
     for t in threads:
         t.join()
     for g, w in zip(got, want):

@@ -50,3 +50,14 @@ def test_draw_never_picks_a_zero_probability_token():
     sampler = Sampler(SamplingParams(temperature=1.0, seed=0))
     probs = torch.tensor([0.0, 0.5, 0.0, 0.5, 0.0])
     assert {sampler.draw(probs) for _ in range(500)} == {1, 3}
+
+
+def test_an_unseeded_sampler_leaves_the_global_generator_alone():
+    torch.manual_seed(1234)
+    state = torch.get_rng_state()
+    samplers = [Sampler(SamplingParams(temperature=1.0)) for _ in range(4)]
+    assert torch.initial_seed() == 1234 and torch.equal(torch.get_rng_state(), state)
+    assert len({s.seed for s in samplers}) == 4 and all(0 <= s.seed < 2**63 for s in samplers)
+    # Still random per request, and drawn from the request's own generator only.
+    samplers[0].sample(torch.zeros(8))
+    assert torch.equal(torch.get_rng_state(), state)

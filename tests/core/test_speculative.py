@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rstitch_core import Generation, RoutingParams, SamplingParams
-from rstitch_core.policies.speculative import Draft, _accept_prefix
+from rstitch_core.policies.acceptance import Draft, accept_prefix
 from rstitch_core.sampling import Sampler
 
 PROMPT = "def add(a, b):"
@@ -34,19 +34,35 @@ def test_close_pair_accepts_some_drafts_and_independent_pair_accepts_none(engine
     assert far.stats.slm.tokens <= 1  # random, unrelated models almost never agree
 
 
-def test_caches_hold_only_sequence_tokens_after_rejections(close_pair):
+@pytest.mark.parametrize("policy", ["speculative", "verified"])
+def test_caches_hold_only_sequence_tokens_after_rejections(close_pair, policy):
     from core.test_stitch import _assert_cache_matches_fresh_prefill
-    from rstitch_core.policies.speculative import speculate
+    from rstitch_core.policies.loop import run_local
     from rstitch_core.sequence import ModelState, Sequence
 
     e = close_pair
     seq = Sequence.create(e.encode(PROMPT), SamplingParams(max_new_tokens=30), e.tokenizer,
                           e.llm.eos_token_ids, e.max_context)
     slm, llm = ModelState("slm", e.slm, seq.stats.slm), ModelState("llm", e.llm, seq.stats.llm)
-    for _ in speculate(seq, slm, llm, RoutingParams(policy="speculative", draft_tokens=5), Sampler(SamplingParams())):
-        for state in (slm, llm):
-            if state.cache is not None:
-                _assert_cache_matches_fresh_prefill(state, seq.token_ids, probe=3)
+    rounds = []
+
+    class CheckBetweenRounds:  # asked for each draft's length, after the previous round's rollback
+        def limit(self, lead, max_limit, context_tokens):
+            rounds.append(lead)
+            for state in (slm, llm):
+                if state.cache is not None:
+                    _assert_cache_matches_fresh_prefill(state, seq.token_ids, probe=3)
+            return max_limit
+
+        def observe(self, drafted, accepted):
+            pass
+
+    routing = RoutingParams(policy=policy, draft_tokens=5, threshold=0.3)
+    for _ in run_local(seq, slm, llm, routing, Sampler(SamplingParams()), control=CheckBetweenRounds()):
+        pass
+    for state in (slm, llm):
+        _assert_cache_matches_fresh_prefill(state, seq.token_ids, probe=3)
+    assert len(rounds) > 3
     assert seq.stats.accepted_tokens < seq.stats.drafted_tokens  # rollbacks really happened
 
 
@@ -62,10 +78,10 @@ def test_rejection_sampling_reproduces_the_target_distribution():
     q = torch.tensor([0.30, 0.10, 0.40, 0.05, 0.15])
     sampler = Sampler(SamplingParams(temperature=1.0, seed=0))
     n, counts = 20000, torch.zeros(5)
-    target = torch.stack([p, p])  # [draft position, bonus position]
+    target = torch.stack([p, p]).log()  # [draft position, bonus position] logits
     for _ in range(n):
         draft = sampler.draw(q)
-        accepted, correction = _accept_prefix(Draft([draft], [0.0], q[None]), target, sampler)
+        accepted, correction = accept_prefix(Draft([draft], [0.0], q[None]), target, sampler)
         counts[draft if accepted else correction] += 1
     freq = counts / n
     assert torch.allclose(freq, p, atol=0.015), freq
@@ -74,6 +90,6 @@ def test_rejection_sampling_reproduces_the_target_distribution():
 
 
 def test_draft_past_the_llm_vocabulary_is_rejected():
-    target = torch.tensor([[0.1, 0.9], [0.5, 0.5]])
-    accepted, token = _accept_prefix(Draft([2], [0.0], None), target, Sampler(SamplingParams()))
+    target = torch.tensor([[0.1, 0.9], [0.5, 0.5]]).log()
+    accepted, token = accept_prefix(Draft([2], [0.0], None), target, Sampler(SamplingParams()))
     assert (accepted, token) == (0, 1)

@@ -8,7 +8,7 @@ import torch
 from core.reference import naive_rstitch
 from rstitch_core import Generation, RouterInput, RoutingParams, SamplingParams, SwitchEvent, TokenEvent
 from rstitch_core.models.runner import KVCache
-from rstitch_core.policies.stitch import stitch
+from rstitch_core.policies.loop import run_local
 from rstitch_core.sampling import Sampler
 from rstitch_core.sequence import ModelState, Sequence
 
@@ -72,7 +72,7 @@ def test_caches_equal_a_fresh_prefill_after_every_switch_and_nothing_is_fed_twic
                           engine.max_context)
     slm, llm = ModelState("slm", engine.slm, seq.stats.slm), ModelState("llm", engine.llm, seq.stats.llm)
     switches = 0
-    for event in stitch(seq, slm, llm, RoutingParams(threshold=0.5), Sampler(SamplingParams())):
+    for event in run_local(seq, slm, llm, RoutingParams(threshold=0.5), Sampler(SamplingParams())):
         if isinstance(event, SwitchEvent):
             switches += 1
             target = llm if event.direction == "slm_to_llm" else slm

@@ -13,26 +13,28 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 @pytest.fixture(scope="module")
 def service(pair_dirs, router_file, request):
-    """(gRPC address, app args, metrics URL) of a running app: SLM worker (holding an R-Stitch+
-    router), 2 LLM replicas, router. A test module can override app args with a module-level
-    APP_ARGS dict."""
+    """(gRPC address, app args, metrics URL, HTTP proxy URL) of a running app: SLM worker (holding
+    an R-Stitch+ router), 2 LLM replicas, router. A test module can override app args with a
+    module-level APP_ARGS dict. Every port is a free one (Serve's defaults, 8000 and 9000, may be
+    taken by anything else on the machine)."""
     import ray
     from ray import serve
-    from ray.serve.config import gRPCOptions
+    from ray.serve.config import HTTPOptions, gRPCOptions
 
     from services.app import GRPC_SERVICER, build_app
 
     port = free_port()
     args = {"slm": str(pair_dirs[0]), "llm": str(pair_dirs[1]), "dtype": "float32", "llm_replicas": 2,
             "slm_num_cpus": 0.4, "llm_num_cpus": 0.4, "torch_threads": 1, "router": str(router_file), **getattr(request.module, "APP_ARGS", {})}
-    metrics_port = free_port()
+    metrics_port, http_port = free_port(), free_port()
     # Metrics reach the node's exporter on Ray's report interval (>= 1 s): keep it short.
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port,
              _system_config={"metrics_report_interval_ms": 1000})
     try:
-        serve.start(grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[GRPC_SERVICER]))
+        serve.start(grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[GRPC_SERVICER]),
+                    http_options=HTTPOptions(host="127.0.0.1", port=http_port))
         serve.run(build_app(args), name="rstitch", route_prefix="/")
-        yield f"127.0.0.1:{port}", args, f"http://127.0.0.1:{metrics_port}/metrics"
+        yield f"127.0.0.1:{port}", args, f"http://127.0.0.1:{metrics_port}/metrics", f"http://127.0.0.1:{http_port}"
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -97,12 +97,12 @@ def query(url: str, expr: str) -> dict:
 
 
 def traffic(client) -> None:
-    """Every policy, a bad request, a cancelled stream and a rebuilt session."""
+    """Every policy, a bad request, a rebuilt session and a cancelled stream."""
     import grpc
 
-    from serving import evict_llm_sessions
+    from serving import HOLD_PROMPT, HOLD_TOKENS, evict_llm_sessions
 
-    for policy in ("rstitch", "llm", "slm", "speculative"):
+    for policy in ("rstitch", "llm", "slm", "speculative", "verified"):
         client.generate_result(prompt="the quick brown fox", sampling=SamplingParams(max_new_tokens=24),
                                routing=RoutingParams(policy=policy, threshold=0.5))
     # Long enough for SLM runs that start shadow prefills (the panel needs some).
@@ -110,31 +110,36 @@ def traffic(client) -> None:
                            routing=RoutingParams(policy="rstitch", threshold=0.5))
     with pytest.raises(grpc.RpcError):
         list(client.generate(prompt=""))
-    stream = client.generate(prompt="the quick brown fox", sampling=SamplingParams(max_new_tokens=300),
-                             routing=RoutingParams(policy="rstitch", threshold=0.5))
     rebuilt = False
-    for i, response in enumerate(stream):
+    for response in client.generate(prompt="the quick brown fox", sampling=SamplingParams(max_new_tokens=120),
+                                    routing=RoutingParams(policy="rstitch", threshold=0.5)):
         if not rebuilt and response.WhichOneof("event") == "switch_event":
             rebuilt = evict_llm_sessions()
-        if i == 40:
-            break
+    # Cancelled after its first message, long before it could end.
+    stream = client.generate(prompt=HOLD_PROMPT, sampling=SamplingParams(max_new_tokens=HOLD_TOKENS),
+                             routing=RoutingParams(policy="rstitch", threshold=0.5))
+    next(stream)
     stream.cancel()
+
+
+def empty_expressions(url: str) -> list[str]:
+    """The dashboard's expressions that Prometheus answers with no series (each must succeed)."""
+    empty = []
+    for expr in expressions():
+        reply = query(url, expr.replace("$__rate_interval", "1m"))
+        assert reply["status"] == "success", (expr, reply)
+        if not reply["data"]["result"]:
+            empty.append(expr)
+    return empty
 
 
 def test_every_dashboard_expression_returns_data_on_a_real_prometheus(client, prometheus):
     traffic(client)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # until the cancelled request's outcome has been scraped twice
-        if query(prometheus, 'ray_rstitch_requests_total{outcome="cancelled"}')["data"]["result"]:
-            break
+    # Metrics land on Ray's report interval and Prometheus's scrape interval, and a rate() needs two
+    # scrapes of a series: poll until every expression has data (the deadline only bounds a failure).
+    deadline = time.monotonic() + 120
+    while (empty := empty_expressions(prometheus)) and time.monotonic() < deadline:
         time.sleep(0.5)
-    time.sleep(3)
-    empty = []
-    for expr in expressions():
-        reply = query(prometheus, expr.replace("$__rate_interval", "1m"))
-        assert reply["status"] == "success", (expr, reply)
-        if not reply["data"]["result"]:
-            empty.append(expr)
     assert not empty, empty
     rebuilds = query(prometheus, "sum(ray_rstitch_worker_session_rebuilds_total)")["data"]["result"]
     assert rebuilds and float(rebuilds[0]["value"][1]) >= 1

@@ -32,7 +32,7 @@ def delta(before, after, name, **labels) -> float:
     return after.get(key, 0.0) - before.get(key, 0.0)
 
 
-def wait_for(url, check, timeout=30):
+def wait_for(url, check, timeout=60):
     deadline = time.monotonic() + timeout
     while True:
         after = scrape(url)
@@ -41,17 +41,18 @@ def wait_for(url, check, timeout=30):
         time.sleep(0.5)
 
 
-@pytest.mark.parametrize("policy", ["rstitch", "speculative"])
+@pytest.mark.parametrize("policy", ["rstitch", "speculative", "verified"])
 def test_counters_move_by_exactly_the_request_usage(client, service, policy):
     url = service[2]
-    before = wait_for(url, lambda s: True, timeout=0)
+    before = scrape(url)
     result = client.generate_result(prompt=PROMPT, sampling=SamplingParams(max_new_tokens=40),
                                     routing=RoutingParams(policy=policy, threshold=0.5))
     stats, reason, n = result["stats"], result["finish_reason"], len(result["token_ids"])
     expected = {("ray_rstitch_requests_total", (("outcome", reason), ("policy", policy))): 1,
                 ("ray_rstitch_discarded_tokens_total", ()): stats["discarded_tokens"],
-                ("ray_rstitch_speculative_drafted_tokens_total", ()): stats["drafted_tokens"],
-                ("ray_rstitch_speculative_accepted_tokens_total", ()): stats["accepted_tokens"],
+                ("ray_rstitch_drafted_tokens_total", (("policy", policy),)): stats["drafted_tokens"],
+                ("ray_rstitch_accepted_tokens_total", (("policy", policy),)): stats["accepted_tokens"],
+                ("ray_rstitch_rolled_back_tokens_total", (("policy", policy),)): stats["rolled_back_tokens"],
                 ("ray_rstitch_inter_token_latency_seconds_count", (("policy", policy),)): n - 1,
                 ("ray_rstitch_time_to_first_token_seconds_count", (("policy", policy),)): 1,
                 ("ray_rstitch_request_llm_token_share_count", (("policy", policy),)): 1}
@@ -59,6 +60,7 @@ def test_counters_move_by_exactly_the_request_usage(client, service, policy):
         expected[("ray_rstitch_tokens_total", (("model", model),))] = stats[model]["tokens"]
         expected[("ray_rstitch_token_entropy_count", (("model", model),))] = stats[model]["tokens"]
         expected[("ray_rstitch_prefill_tokens_total", (("model", model),))] = stats[model]["prefill_tokens"]
+        expected[("ray_rstitch_forward_passes_total", (("model", model),))] = stats[model]["forward_passes"]
     # One switch-latency gap per token that follows switches (several at one position: the last
     # one's direction); none before the first token.
     last_switch_at = {s["position"]: s["direction"] for s in result["switches"] if 1 <= s["position"] < n}
@@ -84,9 +86,15 @@ def test_worker_gauges_return_to_zero_and_invalid_requests_are_counted(client, s
     before = scrape(url)
     with pytest.raises(grpc.RpcError):
         list(client.generate(prompt=""))
-    after = wait_for(url, lambda s: delta(before, s, "ray_rstitch_requests_total",
-                                          policy="unknown", outcome="invalid_argument") >= 1)
+    gauges = [(name, (("model", model),)) for name in ("ray_rstitch_worker_sessions", "ray_rstitch_worker_cached_tokens")
+              for model in ("slm", "llm")]
+
+    def landed(scraped) -> bool:
+        # The router's counter and each worker's gauges come from different processes, each on its
+        # own report interval: wait for all of them, not for one and then read the others.
+        counted = delta(before, scraped, "ray_rstitch_requests_total", policy="unknown", outcome="invalid_argument")
+        return counted >= 1 and all(key in scraped and scraped[key] == 0 for key in gauges)
+
+    after = wait_for(url, landed)
     assert delta(before, after, "ray_rstitch_requests_total", policy="unknown", outcome="invalid_argument") == 1
-    for model in ("slm", "llm"):
-        assert after[("ray_rstitch_worker_sessions", (("model", model),))] == 0
-        assert after[("ray_rstitch_worker_cached_tokens", (("model", model),))] == 0
+    assert {key: after.get(key) for key in gauges} == {key: 0 for key in gauges}

@@ -57,6 +57,8 @@ def chat(*pairs) -> pb.GenerateRequest:
     (request(routing=pb.RoutingParams(threshold=1.25)), "routing.threshold (tau) must be a number in [0, 1], got 1.25"),
     (request(routing=pb.RoutingParams(draft_tokens=0)), "routing.draft_tokens must be an integer in [1, 64], got 0"),
     (request(routing=pb.RoutingParams(draft_tokens=65)), "routing.draft_tokens must be an integer in [1, 64], got 65"),
+    (request(routing=pb.RoutingParams(relaxed_ratio=1.5)), "routing.relaxed_ratio must be a number in [0, 1], got 1.5"),
+    (request(routing=pb.RoutingParams(acceptance=7)), "routing.acceptance: unknown value 7"),
     (request(routing=pb.RoutingParams(policy=9)), "routing.policy: unknown value 9; accepted: 0 (POLICY_UNSPECIFIED), 1"),
 ])
 def test_every_bad_field_is_named_by_its_path(req, message):
@@ -91,7 +93,8 @@ def test_rstitch_plus_runs_at_the_servers_router_tau():
 
 def test_build_then_parse_round_trips_the_dataclasses():
     sampling = SamplingParams(max_new_tokens=7, temperature=0.7, top_p=0.9, top_k=5, seed=2**63 - 1, stop=("\n\n", "##"))
-    routing = RoutingParams(policy="speculative", threshold=0.02, draft_tokens=64)
+    routing = RoutingParams(policy="verified", threshold=0.02, draft_tokens=64, acceptance="relaxed",
+                            relaxed_ratio=0.3)
     parsed = parse_request(build_request(messages=[{"role": "user", "content": "hi"}], sampling=sampling,
                                          routing=routing, request_id="abc"))
     # float fields travel as float32; 0.7, 0.9 and 0.02 must come back as exactly those numbers
@@ -104,8 +107,13 @@ def test_build_then_parse_round_trips_the_dataclasses():
 def test_build_request_sets_every_optional_field_and_checks_its_input():
     req = build_request("p", sampling=SamplingParams(seed=1))
     assert all(req.sampling.HasField(f) for f in ("max_new_tokens", "temperature", "top_p", "top_k", "seed"))
-    assert all(req.routing.HasField(f) for f in ("threshold", "draft_tokens"))
+    assert req.routing.HasField("threshold") and not req.routing.HasField("draft_tokens")  # policy default
     assert req.routing.policy == pb.POLICY_RSTITCH
+    relaxed = build_request("p", routing=RoutingParams("verified", draft_tokens=3, acceptance="relaxed",
+                                                       relaxed_ratio=0.25)).routing
+    assert (relaxed.policy, relaxed.draft_tokens, relaxed.acceptance) == (pb.POLICY_VERIFIED, 3, pb.ACCEPTANCE_RELAXED)
+    assert parse_request(build_request("p", routing=RoutingParams("verified", acceptance="relaxed",
+                                                                  relaxed_ratio=0.25))).routing.relaxed_ratio == 0.25
     with pytest.raises(ValueError, match="exactly one of a prompt or chat messages"):
         build_request()
     with pytest.raises(ValueError, match=r"messages\[0\] must be an object"):
@@ -116,7 +124,7 @@ def test_usage_messages_mirror_the_stats_dataclasses():
     # The conversions copy fields by name: a field added on one side only must fail here.
     assert {f.name for f in pb.ModelUsage.DESCRIPTOR.fields} == {f.name for f in dataclasses.fields(ModelStats)}
     assert ({f.name for f in pb.Usage.DESCRIPTOR.fields}
-            == {f.name for f in dataclasses.fields(GenerationStats)} | {"generated_tokens"})
+            == {f.name for f in dataclasses.fields(GenerationStats)} | {"generated_tokens", "rolled_back_tokens"})
 
 
 def responses_for(events, tokens_per_message):

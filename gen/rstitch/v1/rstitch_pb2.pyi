@@ -15,6 +15,13 @@ class Policy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     POLICY_SLM: _ClassVar[Policy]
     POLICY_SPECULATIVE: _ClassVar[Policy]
     POLICY_RSTITCH_PLUS: _ClassVar[Policy]
+    POLICY_VERIFIED: _ClassVar[Policy]
+
+class Acceptance(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ACCEPTANCE_UNSPECIFIED: _ClassVar[Acceptance]
+    ACCEPTANCE_EXACT: _ClassVar[Acceptance]
+    ACCEPTANCE_RELAXED: _ClassVar[Acceptance]
 
 class Model(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -41,6 +48,10 @@ POLICY_LLM: Policy
 POLICY_SLM: Policy
 POLICY_SPECULATIVE: Policy
 POLICY_RSTITCH_PLUS: Policy
+POLICY_VERIFIED: Policy
+ACCEPTANCE_UNSPECIFIED: Acceptance
+ACCEPTANCE_EXACT: Acceptance
+ACCEPTANCE_RELAXED: Acceptance
 MODEL_UNSPECIFIED: Model
 MODEL_SLM: Model
 MODEL_LLM: Model
@@ -98,14 +109,18 @@ class SamplingParams(_message.Message):
     def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RoutingParams(_message.Message):
-    __slots__ = ("policy", "threshold", "draft_tokens")
+    __slots__ = ("policy", "threshold", "draft_tokens", "acceptance", "relaxed_ratio")
     POLICY_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTANCE_FIELD_NUMBER: _ClassVar[int]
+    RELAXED_RATIO_FIELD_NUMBER: _ClassVar[int]
     policy: Policy
     threshold: float
     draft_tokens: int
-    def __init__(self, policy: _Optional[_Union[Policy, str]] = ..., threshold: _Optional[float] = ..., draft_tokens: _Optional[int] = ...) -> None: ...
+    acceptance: Acceptance
+    relaxed_ratio: float
+    def __init__(self, policy: _Optional[_Union[Policy, str]] = ..., threshold: _Optional[float] = ..., draft_tokens: _Optional[int] = ..., acceptance: _Optional[_Union[Acceptance, str]] = ..., relaxed_ratio: _Optional[float] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("request_id", "tokens", "switch_event", "finish")
@@ -168,7 +183,7 @@ class ModelUsage(_message.Message):
     def __init__(self, tokens: _Optional[int] = ..., forward_passes: _Optional[int] = ..., forward_tokens: _Optional[int] = ..., prefill_tokens: _Optional[int] = ..., seconds: _Optional[float] = ..., rebuilds: _Optional[int] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("prompt_tokens", "generated_tokens", "slm", "llm", "switches_slm_to_llm", "switches_llm_to_slm", "discarded_tokens", "drafted_tokens", "accepted_tokens", "time_to_first_token", "total_seconds")
+    __slots__ = ("prompt_tokens", "generated_tokens", "slm", "llm", "switches_slm_to_llm", "switches_llm_to_slm", "discarded_tokens", "drafted_tokens", "accepted_tokens", "time_to_first_token", "total_seconds", "rolled_back_tokens", "undrafted_rounds")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SLM_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +195,8 @@ class Usage(_message.Message):
     ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TIME_TO_FIRST_TOKEN_FIELD_NUMBER: _ClassVar[int]
     TOTAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ROLLED_BACK_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    UNDRAFTED_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     prompt_tokens: int
     generated_tokens: int
     slm: ModelUsage
@@ -191,4 +208,6 @@ class Usage(_message.Message):
     accepted_tokens: int
     time_to_first_token: float
     total_seconds: float
-    def __init__(self, prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., slm: _Optional[_Union[ModelUsage, _Mapping]] = ..., llm: _Optional[_Union[ModelUsage, _Mapping]] = ..., switches_slm_to_llm: _Optional[int] = ..., switches_llm_to_slm: _Optional[int] = ..., discarded_tokens: _Optional[int] = ..., drafted_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., time_to_first_token: _Optional[float] = ..., total_seconds: _Optional[float] = ...) -> None: ...
+    rolled_back_tokens: int
+    undrafted_rounds: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., slm: _Optional[_Union[ModelUsage, _Mapping]] = ..., llm: _Optional[_Union[ModelUsage, _Mapping]] = ..., switches_slm_to_llm: _Optional[int] = ..., switches_llm_to_slm: _Optional[int] = ..., discarded_tokens: _Optional[int] = ..., drafted_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., time_to_first_token: _Optional[float] = ..., total_seconds: _Optional[float] = ..., rolled_back_tokens: _Optional[int] = ..., undrafted_rounds: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,133 @@
+"""The two kinds of work the policy loop asks of a model: the SLM drafts, the LLM verifies.
+
+Each phase runs on one model's cache and the sequence it mirrors, appends the tokens it keeps to
+that sequence (so the stop rules apply at once) and yields them as TokenEvents, then returns its
+result. In-process the sequence is the request's own; served, it is the worker's mirror and the
+front end appends the streamed tokens to the request's sequence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Generator
+
+import torch
+
+from rstitch_core.config import Acceptance
+from rstitch_core.entropy import normalized_entropy
+from rstitch_core.events import Source, TokenEvent
+from rstitch_core.policies.acceptance import Draft, accept_prefix
+from rstitch_core.policies.router import RouterInput, SwitchRouter
+from rstitch_core.sampling import Sampler
+from rstitch_core.sequence import ModelState, Sequence
+
+NEVER = math.inf  # an entropy bound no distribution exceeds
+
+
+@dataclass(frozen=True)
+class DraftOp:
+    """Ask the SLM for up to `num` tokens past the end of the sequence.
+
+    trusted (rstitch, slm): tokens are kept as they are drafted, until one's entropy exceeds
+    `stop_above` (and the R-Stitch+ gate, if any, agrees): that one is discarded and the SLM hands
+    over. Otherwise (speculative, verified) tokens are provisional and drafting stops after the
+    first one above `stop_above`, which is kept as the last draft: the LLM may well accept it.
+    """
+
+    num: int
+    trusted: bool
+    stop_above: float
+    model: Source = field(default="slm", init=False)
+
+
+@dataclass(frozen=True)
+class VerifyOp:
+    """Ask the LLM to verify `draft` in one pass (an empty draft: one plain decode step).
+
+    `decode_while_above` (rstitch, llm; only with an empty draft): the LLM then keeps decoding
+    alone, one token per pass, while its entropy exceeds it (None: one pass only).
+    """
+
+    draft: Draft
+    acceptance: Acceptance = Acceptance.EXACT
+    relaxed_ratio: float = 1.0
+    decode_while_above: float | None = None
+    model: Source = field(default="llm", init=False)
+
+
+@dataclass(frozen=True)
+class Drafted:
+    draft: Draft  # provisional tokens (empty when trusted: those are already in the sequence)
+    handoff: bool  # trusted: the SLM was uncertain and handed over (its last token discarded)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    accepted: int  # leading drafts the LLM kept
+    entropy: float  # the LLM's entropy at its last kept token (who leads next depends on it)
+
+
+Op = DraftOp | VerifyOp
+Result = Drafted | Verdict
+
+
+def draft_phase(seq: Sequence, slm: ModelState, sampler: Sampler, op: DraftOp,
+                gate: SwitchRouter | None = None) -> Generator[TokenEvent, None, Drafted]:
+    """SLM steps from the end of `seq`; the first pass partially prefills what the SLM has not seen."""
+    tokens: list[int] = []
+    entropies: list[float] = []
+    probs: list[torch.Tensor] = []  # [V] each, only when sampling provisional drafts
+    for i in range(op.num):
+        if not seq.running:
+            break
+        out = slm.step(seq.token_ids + tokens, turn_start=i == 0, hidden=gate is not None)
+        logits = out.logits[-1]  # [V]
+        entropy = float(normalized_entropy(logits))
+        if op.trusted:
+            token = sampler.sample(logits)
+            if entropy > op.stop_above and (gate is None or gate(RouterInput(
+                    out.hidden, len(seq.token_ids), seq.num_generated, entropy,
+                    seq.num_generated - seq.last_switch))):
+                return Drafted(Draft(), handoff=True)  # never fed to the SLM: no rollback needed
+            yield seq.append(token, "slm", entropy)
+            continue
+        if sampler.greedy:
+            tokens.append(int(logits.argmax().item()))
+        else:
+            probs.append(sampler.probs(logits[None])[0])
+            tokens.append(sampler.draw(probs[-1]))
+        entropies.append(entropy)
+        if tokens[-1] in seq.eos_token_ids or entropy > op.stop_above:
+            break  # nothing after EOS can be kept; after an uncertain token drafts rarely survive
+    return Drafted(Draft(tokens, entropies, torch.stack(probs) if probs else None), handoff=False)
+
+
+def verify_phase(seq: Sequence, llm: ModelState, sampler: Sampler,
+                 op: VerifyOp) -> Generator[TokenEvent, None, Verdict]:
+    """One LLM pass over its unseen tokens plus every draft: logits at each draft position and one
+    past the last. The accepted drafts (the SLM's tokens) and the LLM's own next token are kept."""
+    d = op.draft
+    out = llm.step(seq.token_ids + d.tokens, turn_start=True, num_logits=len(d.tokens) + 1)
+    accepted, token = accept_prefix(d, out.logits, sampler, op.acceptance, op.relaxed_ratio)
+    entropy = float(normalized_entropy(out.logits[accepted]))
+    for draft_token, draft_entropy in zip(d.tokens[:accepted], d.entropies):
+        if seq.running:
+            yield seq.append(draft_token, "slm", draft_entropy)
+    if seq.running:
+        yield seq.append(token, "llm", entropy)
+    if op.decode_while_above is not None:
+        assert not d.tokens, "the LLM decodes alone only when it had no drafts to verify"
+        while seq.running and entropy > op.decode_while_above:
+            logits = llm.step(seq.token_ids, turn_start=False).logits[-1]  # [V]
+            entropy = float(normalized_entropy(logits))
+            yield seq.append(sampler.sample(logits), "llm", entropy)
+    return Verdict(accepted, entropy)
+
+
+def run_phase(op: Op, seq: Sequence, state: ModelState, sampler: Sampler,
+              gate: SwitchRouter | None = None) -> Generator[TokenEvent, None, Result]:
+    """The phase `op` asks for, on `state` (the model op.model names)."""
+    if isinstance(op, DraftOp):
+        return (yield from draft_phase(seq, state, sampler, op, gate))
+    return (yield from verify_phase(seq, state, sampler, op))
