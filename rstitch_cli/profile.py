@@ -12,7 +12,6 @@ also says which one to decode in.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 ACCEPTANCE = (0.6, 0.8, 0.9)
