@@ -1,9 +1,11 @@
-"""Throughput under concurrency, through the served system: LLM-only vs R-Stitch, side by side.
+"""Throughput under concurrency, through the served system: LLM-only vs the other policies, side by side.
 
 For each concurrency level, that many gRPC streams start together (one request each, different
 prompts, greedy, the same token budget); the figures are aggregate generated tokens per second
 (all tokens / wall time from the first request to the last finish) and p50/p95 request latency.
-Policies alternate at every level, so drift of a shared machine hits both alike. With
+Policies (`--policies`, specs as in `rstitch bench`) alternate at every level, so drift of a shared
+machine hits all alike. `verified` and `speculative` without `:k=` choose their draft lengths from
+the cost profile (`--cost-profile`, default: the one `rstitch profile` saved for this machine). With
 --compare-unbatched the service is then redeployed with batching off and concurrency 1 is measured
 again (the batch-1 latency that batching must not make worse). With --shadow-prefill-tokens N the
 service is redeployed with shadow prefill on and R-Stitch is measured again at every level. Switch
@@ -11,6 +13,7 @@ latency is the gap in a client's stream at a switch (last token before it to the
 
     python benchmarks/throughput.py                       # the embedded default pair
     python benchmarks/throughput.py --levels 1,4,8,16 --max-new-tokens 64 --compare-unbatched
+    python benchmarks/throughput.py --policies llm,speculative,rstitch,verified --cost-profile off
 """
 
 from __future__ import annotations
@@ -34,8 +37,16 @@ def main() -> int:
     p.add_argument("--slm"), p.add_argument("--llm")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--levels", default="1,4,8,16", help="concurrency levels (default: %(default)s)")
-    p.add_argument("--threshold", type=float, default=0.05, help="tau for rstitch (default: %(default)s)")
+    p.add_argument("--policies", default="llm,speculative,rstitch,verified",
+                   help="comma list of POLICY[:relaxed=R][:k=N][:tau=T]; llm comes first (default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=0.05,
+                   help="tau for rstitch and verified (default: %(default)s)")
+    p.add_argument("--cost-profile", default="auto", metavar="auto|off|FILE",
+                   help="the servers' cost profile for cost-aware drafts (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="run each level N times and report the last: the earlier runs let cost-aware policies "
+                        "learn the front end's measured round speeds at that load (default: %(default)s)")
     p.add_argument("--compare-unbatched", action="store_true")
     p.add_argument("--torch-threads", type=int, help="torch threads per worker (default: all cores each)")
     p.add_argument("--shadow-prefill-tokens", type=int, default=0, metavar="N",
@@ -45,6 +56,13 @@ def main() -> int:
     levels = [int(v) for v in args.levels.split(",")]
     if not all(1 <= c <= 64 for c in levels):
         p.error(f"--levels must be integers in [1, 64], got {args.levels}")
+    from rstitch_core.config import parse_routing_spec
+
+    try:
+        args.routings = {spec: parse_routing_spec(spec, args.threshold)
+                         for spec in ["llm"] + [s.strip() for s in args.policies.split(",") if s.strip() != "llm"]}
+    except ValueError as err:
+        p.error(f"--policies: {err}")
     figures = run(args, levels)
     print_table(figures, args)
     if args.json:
@@ -61,25 +79,30 @@ def run(args, levels: list[int]) -> dict:
     from services.app import GRPC_SERVICER, build_app
 
     slm, llm = (args.slm, args.llm) if args.slm else map(str, ensure_default_pair())
+    profile = serving_profile(args.cost_profile, slm, llm, args.dtype)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     figures: dict = {"levels": {}, "unbatched": None, "shadow": None, "threshold": args.threshold,
-                     "max_new_tokens": args.max_new_tokens, "cpus": os.cpu_count()}
+                     "max_new_tokens": args.max_new_tokens, "cpus": os.cpu_count(), "cost_profile": profile,
+                     "policies": list(args.routings)}
     app = {"slm": slm, "llm": llm, "dtype": args.dtype, "slm_num_cpus": 0.5, "llm_num_cpus": 0.5,
-           "max_sessions": max(64, max(levels)), "torch_threads": args.torch_threads}
+           "max_sessions": max(64, max(levels)), "torch_threads": args.torch_threads, "cost_profile": profile}
     figures["torch_threads"] = args.torch_threads
     try:
         serve.start(grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[GRPC_SERVICER]))
         serve.run(build_app(app), name="rstitch", route_prefix="/")
         address = f"127.0.0.1:{port}"
         warm_up(address, args)
+        figures["repeat"] = args.repeat
         for c in levels:
-            figures["levels"][c] = {policy: measure(address, policy, c, args) for policy in ("llm", "rstitch")}
-            row = figures["levels"][c]
-            print(f"concurrency {c}: llm {row['llm']['tokens_per_s']:.1f} tok/s, rstitch "
-                  f"{row['rstitch']['tokens_per_s']:.1f} tok/s", file=sys.stderr, flush=True)
+            for _ in range(args.repeat):
+                figures["levels"][c] = {spec: measure(address, routing, c, args)
+                                        for spec, routing in args.routings.items()}
+            print(f"concurrency {c}: " + ", ".join(f"{spec} {m['tokens_per_s']:.1f} tok/s"
+                                                   for spec, m in figures["levels"][c].items()),
+                  file=sys.stderr, flush=True)
         figures["batching"] = {role: serve.get_deployment_handle(f"{role}Worker", "rstitch").state.remote().result()
                                .get("batching") for role in ("SLM", "LLM")}
         if args.shadow_prefill_tokens:
@@ -87,36 +110,58 @@ def run(args, levels: list[int]) -> dict:
                       route_prefix="/")
             warm_up(address, args)
             figures["shadow"] = {"tokens": args.shadow_prefill_tokens,
-                                 "levels": {c: measure(address, "rstitch", c, args) for c in levels}}
+                                 "levels": {c: measure(address, _rstitch(args), c, args) for c in levels}}
         if args.compare_unbatched:
             serve.run(build_app({**app, "batching": False}), name="rstitch", route_prefix="/")
             warm_up(address, args)
-            figures["unbatched"] = {policy: measure(address, policy, 1, args) for policy in ("llm", "rstitch")}
+            figures["unbatched"] = {spec: measure(address, routing, 1, args) for spec, routing in args.routings.items()}
     finally:
         serve.shutdown()
         ray.shutdown()
     return figures
 
 
+def serving_profile(choice: str, slm: str, llm: str, dtype: str) -> str | None:
+    """The cost profile file the servers load: --cost-profile FILE, or with auto the one saved for
+    this pair, dtype and machine (None if there is none, or with off)."""
+    if choice == "off":
+        return None
+    if choice != "auto":
+        return str(Path(choice).resolve())
+    from transformers import AutoConfig
+
+    from rstitch_core.profile import default_path, profile_key
+
+    key = profile_key(AutoConfig.from_pretrained(slm), AutoConfig.from_pretrained(llm), dtype, "cpu")
+    path = default_path(key)
+    if not path.is_file():
+        print(f"no saved cost profile for this machine ({path}); run `rstitch profile` for cost-aware drafts",
+              file=sys.stderr)
+        return None
+    return str(path)
+
+
+def _rstitch(args):
+    return next((r for r in args.routings.values() if r.policy.value == "rstitch"), None) or args.routings["llm"]
+
+
 def warm_up(address: str, args) -> None:
-    from rstitch_core import RoutingParams, SamplingParams
+    from rstitch_core import SamplingParams
     from services.client import RStitchClient
 
     with RStitchClient(address) as client:
-        for policy in ("llm", "rstitch"):
-            client.generate_result(prompt="warm up", sampling=SamplingParams(max_new_tokens=4),
-                                   routing=RoutingParams(policy=policy, threshold=args.threshold))
+        for routing in args.routings.values():
+            client.generate_result(prompt="warm up", sampling=SamplingParams(max_new_tokens=4), routing=routing)
 
 
-def measure(address: str, policy: str, concurrency: int, args) -> dict:
+def measure(address: str, routing, concurrency: int, args) -> dict:
     """`concurrency` streams started together, one request each; aggregate and per-request figures."""
     from rstitch_cli.bench import PROMPTS
-    from rstitch_core import RoutingParams, SamplingParams
+    from rstitch_core import SamplingParams
     from services.client import RStitchClient
     from services.protocol import collect_responses
 
     sampling = SamplingParams(max_new_tokens=args.max_new_tokens)
-    routing = RoutingParams(policy=policy, threshold=args.threshold)
     results: list[dict | None] = [None] * concurrency
     start = threading.Barrier(concurrency + 1)
 
@@ -130,6 +175,8 @@ def measure(address: str, policy: str, concurrency: int, args) -> dict:
             r = collect_responses(r for _, r in timed)
             results[i] = {"latency_s": time.perf_counter() - t, "tokens": len(r["token_ids"]),
                           "llm_share": r["stats"]["llm_token_share"], "end": time.perf_counter(),
+                          "llm_passes": r["stats"]["llm"]["forward_passes"], "drafted": r["stats"]["drafted_tokens"],
+                          "accepted": r["stats"]["accepted_tokens"],
                           "switch_gaps": switch_gaps(timed)}
 
     threads = [threading.Thread(target=stream, args=(i,)) for i in range(concurrency)]
@@ -146,6 +193,8 @@ def measure(address: str, policy: str, concurrency: int, args) -> dict:
             "p50_s": statistics.median(latencies),
             "p95_s": latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
             "llm_share": sum(r["llm_share"] * r["tokens"] for r in results) / max(tokens, 1),
+            "tokens_per_llm_pass": tokens / max(1, sum(r["llm_passes"] for r in results)),
+            "acceptance_rate": sum(r["accepted"] for r in results) / max(1, sum(r["drafted"] for r in results)),
             "switch_gap_p50_s": {d: _median([g for r in results for g in r["switch_gaps"][d]])
                                  for d in ("slm_to_llm", "llm_to_slm")},
             "inter_token_p50_s": _median([g for r in results for g in r["switch_gaps"]["none"]])}
@@ -177,23 +226,31 @@ def _median(values: list[float]) -> float | None:
 def print_table(f: dict, args) -> None:
     print(f"{f['max_new_tokens']} new tokens per request, tau = {f['threshold']}, greedy, {f['cpus']} CPUs, "
           f"torch threads per worker: {f['torch_threads'] or 'all'}, one request per stream, all streams started "
-          "together")
+          f"together; cost profile: {f.get('cost_profile') or 'none (drafts run to their limit)'}")
     for role, b in (f.get("batching") or {}).items():
         if b and b["steps"]:
             print(f"{role} worker: {b['steps']} batched steps, mean {b['rows'] / b['steps']:.2f} sessions per step "
                   f"(max {b['max_rows']}), {b['lingers']} steps waited the full linger")
-    print("| streams | LLM-only tok/s | R-Stitch tok/s | ratio | LLM-only p50 / p95 s | R-Stitch p50 / p95 s "
-          "| R-Stitch LLM share |")
-    print("|---|---|---|---|---|---|---|")
-    for c, row in f["levels"].items():
-        a, b = row["llm"], row["rstitch"]
-        print(f"| {c} | {a['tokens_per_s']:.1f} | {b['tokens_per_s']:.1f} | {b['tokens_per_s'] / a['tokens_per_s']:.2f}x "
-              f"| {a['p50_s']:.1f} / {a['p95_s']:.1f} | {b['p50_s']:.1f} / {b['p95_s']:.1f} | {b['llm_share']:.1%} |")
+    rows = [(str(c), row) for c, row in f["levels"].items()]
     if f["unbatched"]:
-        a, b = f["unbatched"]["llm"], f["unbatched"]["rstitch"]
-        print(f"| 1, batching off | {a['tokens_per_s']:.1f} | {b['tokens_per_s']:.1f} | "
-              f"{b['tokens_per_s'] / a['tokens_per_s']:.2f}x | {a['p50_s']:.1f} / {a['p95_s']:.1f} "
-              f"| {b['p50_s']:.1f} / {b['p95_s']:.1f} | {b['llm_share']:.1%} |")
+        rows.append(("1, batching off", f["unbatched"]))
+    specs = list(next(iter(f["levels"].values())))
+    print("| streams | " + " | ".join(f"{s} tok/s (ratio)" for s in specs) + " | "
+          + " | ".join(f"{s} p50 / p95 s" for s in specs) + " |")
+    print("|---" * (1 + 2 * len(specs)) + "|")
+    for label, row in rows:
+        base = row["llm"]["tokens_per_s"]
+        print(f"| {label} | " + " | ".join(f"{m['tokens_per_s']:.1f} ({m['tokens_per_s'] / base:.2f}x)"
+                                           for m in row.values())
+              + " | " + " | ".join(f"{m['p50_s']:.1f} / {m['p95_s']:.1f}" for m in row.values()) + " |")
+    print("\nLLM token share / tokens per LLM pass / draft acceptance:")
+    print("| streams | " + " | ".join(specs) + " |")
+    print("|---" * (1 + len(specs)) + "|")
+    for label, row in rows:
+        print(f"| {label} | " + " | ".join(f"{m['llm_share']:.0%} / {m.get('tokens_per_llm_pass', 1):.2f} / "
+                                           f"{m.get('acceptance_rate', 0):.0%}" for m in row.values()) + " |")
+    if "rstitch" not in specs:
+        return
 
     print("\nR-Stitch switch latency (median gap in a stream at a switch, ms) and median inter-token gap:")
     rows = [(f"{c}", row["rstitch"]) for c, row in f["levels"].items()]

@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
     p.add_argument("--prompts", type=int, default=4, help=f"how many built-in prompts, 1-{len(PROMPTS)} (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="budget per request (default: %(default)s)")
     p.add_argument("--policies", default="llm,rstitch,slm,speculative,verified",
-                   help="comma list of POLICY[:relaxed=R][:k=N], e.g. verified:relaxed=0.3 or verified:k=8 "
+                   help="comma list of POLICY[:relaxed=R][:k=N][:tau=T], e.g. verified:relaxed=0.3 or verified:k=8:tau=0.1 "
                         "(a pinned k turns the cost-aware draft length off) (default: %(default)s)")
     p.add_argument("--threshold", type=float, default=RoutingParams.threshold,
                    help="tau for rstitch and verified (default: %(default)s)")

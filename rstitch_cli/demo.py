@@ -35,7 +35,7 @@ def _free_port() -> int:
 
 def run(args: argparse.Namespace) -> int:
     from rstitch_cli.generate import stream
-    from rstitch_cli.serve import ensure_models, local_service
+    from rstitch_cli.serve import ensure_models, local_service, resolve_cost_profile
     from rstitch_eval.answers import extract_answer, is_correct
     from rstitch_eval.gsm8k import load_gsm8k
     from rstitch_eval.prompts import gsm8k_messages
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     problem = problems[args.problem]
     app_args = {"dtype": args.dtype, **({"slm": args.slm, "llm": args.llm} if args.slm else {})}
     ensure_models(app_args)
+    resolve_cost_profile(app_args)
     print("rstitch demo: starting the service (Ray Serve, gRPC) ...", file=sys.stderr, flush=True)
     with local_service(app_args, _free_port(), _free_port(), None, http_port=_free_port(), quiet=True) as address:
         print(f"\nGSM8K problem {problem.id}: {problem.question}\n", flush=True)

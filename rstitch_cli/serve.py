@@ -29,8 +29,11 @@ def add_parser(sub) -> None:
     p.add_argument("--shadow-prefill-tokens", type=int, metavar="N",
                    help="the LLM worker prefills the SLM's tokens in the background once N are unseen (default: 0, off)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default: bfloat16)")
-    p.add_argument("--cost-profile", metavar="FILE", help="a `rstitch profile` file: speculative/verified requests "
-                   "that leave draft_tokens unset choose each draft length from it (default: fixed limits)")
+    p.add_argument("--cost-profile", metavar="auto|off|FILE",
+                   help="pass costs from which speculative/verified requests that leave draft_tokens unset choose "
+                   "each draft length: auto (the default) = the profile `rstitch profile` saved for this pair, "
+                   "dtype and machine, measured now if there is none (about a minute on a 2-core CPU, once); "
+                   "off = fixed draft limits; or a profile file")
     p.add_argument("--port", type=int, help="gRPC port (default: 9000)")
     p.add_argument("--http-port", type=int, help="HTTP port of the OpenAI-compatible API (default: 8000)")
     p.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs for the local Ray cluster")
@@ -64,7 +67,7 @@ def app_settings(args: argparse.Namespace) -> tuple[dict, int]:
         if not router.is_file():
             raise ValueError(f"--router: router file {str(router)!r} does not exist")
         app_args["router"] = str(router)  # Ray's workers may run in another directory
-    if app_args.get("cost_profile") is not None:
+    if app_args.get("cost_profile") not in (None, "auto", "off"):
         from rstitch_core.profile import CostProfile
 
         CostProfile.load(app_args["cost_profile"])  # fail now, with the file named, not in a replica
@@ -90,6 +93,30 @@ def _load_config(path: str) -> dict:
             return yaml.safe_load(f) or {}
     except (OSError, yaml.YAMLError) as err:
         raise ValueError(f"--config: cannot read {path!r}: {err}") from None
+
+
+def resolve_cost_profile(app_args: dict) -> None:
+    """Turn cost_profile auto (or unset) into the saved profile's path for this pair, dtype and
+    machine, measuring it now if there is none; off into None. A file path is kept as it is."""
+    choice = app_args.get("cost_profile") or "auto"
+    if choice != "auto":
+        app_args["cost_profile"] = None if choice == "off" else choice
+        return
+    from argparse import Namespace
+
+    import torch
+
+    from rstitch_cli.profile import obtain
+    from rstitch_core.assets import ensure_default_pair
+    from rstitch_core.profile import default_path
+    from services.app import AppConfig
+
+    cfg = AppConfig.from_args(app_args)
+    slm, llm = (cfg.slm, cfg.llm) if cfg.slm else map(str, ensure_default_pair(progress=False))
+    device = cfg.llm_device if cfg.llm_device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    profile = obtain(Namespace(device=device, force=False), (slm, llm, False), cfg.dtype, None)
+    app_args["cost_profile"] = str(default_path(profile.key))
+    print(f"rstitch: cost profile {app_args['cost_profile']}", file=sys.stderr, flush=True)
 
 
 def ensure_models(app_args: dict) -> None:
@@ -160,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
     app_args, port = app_settings(args)
     port_http = http_port(args)
     ensure_models(app_args)
+    resolve_cost_profile(app_args)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

@@ -145,8 +145,9 @@ class RoutingParams:
 
 def parse_routing_spec(spec: str, threshold: float = RoutingParams.threshold,
                        draft_tokens: int | None = None) -> RoutingParams:
-    """"POLICY[:relaxed=R][:k=N]" -> RoutingParams, e.g. "verified:relaxed=0.3" or "speculative:k=8"
-    (benchmarks and evaluations name their configurations this way). ValueError names the bad part."""
+    """"POLICY[:relaxed=R][:k=N][:tau=T]" -> RoutingParams, e.g. "verified:relaxed=0.3" or
+    "speculative:k=8" (benchmarks and evaluations name their configurations this way; tau=T overrides
+    `threshold`). ValueError names the bad part."""
     policy, *options = spec.strip().split(":")
     extra: dict = {"draft_tokens": draft_tokens}
     for option in options:
@@ -156,8 +157,11 @@ def parse_routing_spec(spec: str, threshold: float = RoutingParams.threshold,
                 extra.update(acceptance=Acceptance.RELAXED, relaxed_ratio=float(value))
             elif name == "k":
                 extra["draft_tokens"] = int(value)
+            elif name == "tau":
+                threshold = float(value)
             else:
                 raise ValueError
         except ValueError:
-            raise ValueError(f"{spec!r}: options are relaxed=RATIO and k=DRAFT_TOKENS, got {option!r}") from None
+            raise ValueError(f"{spec!r}: options are relaxed=RATIO, k=DRAFT_TOKENS and tau=THRESHOLD, "
+                             f"got {option!r}") from None
     return RoutingParams(policy=Policy.parse(policy), threshold=threshold, **extra)

@@ -85,8 +85,8 @@ class AcceptanceEstimate:
     follows the text. It starts from a prior worth `weight` examined drafts, which fades the same way.
     """
 
-    accepted: float = 0.7 * 8
-    examined: float = 8.0
+    accepted: float = 0.9 * 4  # verified drafts end at the SLM's first uncertain token: most stand
+    examined: float = 4.0
     decay: float = 0.9  # per round
 
     def __post_init__(self):
@@ -95,7 +95,7 @@ class AcceptanceEstimate:
                              f"(0, 1], got {self.accepted!r}, {self.examined!r}, {self.decay!r}")
 
     @classmethod
-    def with_prior(cls, rate: float = 0.7, weight: float = 8.0, decay: float = 0.9) -> AcceptanceEstimate:
+    def with_prior(cls, rate: float = 0.9, weight: float = 4.0, decay: float = 0.9) -> AcceptanceEstimate:
         """Start at `rate`, as if `weight` drafts had been examined at that rate."""
         if not 0.0 <= rate <= 1.0 or weight <= 0:
             raise ValueError(f"acceptance prior: need rate in [0, 1] and weight > 0, got {rate!r}, {weight!r}")

@@ -11,7 +11,7 @@ from rstitch_core.models.loading import check_pair, load_model
 from rstitch_core.models.runner import ModelRunner
 from rstitch_core.policies.loop import DraftControl, run_local
 from rstitch_core.policies.router import SwitchRouter
-from rstitch_core.prompts import check_prompt_ids, encode_prompt
+from rstitch_core.prompts import check_prompt_ids, check_request, encode_prompt
 from rstitch_core.sampling import Sampler
 from rstitch_core.sequence import ModelState, Sequence as Seq
 
@@ -40,8 +40,12 @@ class Engine:
         self.check_prompt_ids(ids)
         return ids
 
+    @property
+    def vocab_size(self) -> int:
+        return min(self.slm.vocab_size, self.llm.vocab_size)
+
     def check_prompt_ids(self, ids: Sequence[int]) -> None:
-        check_prompt_ids(ids, self.max_context, min(self.slm.vocab_size, self.llm.vocab_size))
+        check_prompt_ids(ids, self.max_context, self.vocab_size)
 
     def generate(self, prompt: str | None = None, messages: Sequence[dict] | None = None, *,
                  prompt_ids: Sequence[int] | None = None,
@@ -58,9 +62,9 @@ class Engine:
             if prompt is not None or messages is not None:
                 raise ValueError("give exactly one of a prompt, chat messages or prompt token ids")
             ids = [int(t) for t in prompt_ids]
-            self.check_prompt_ids(ids)
         else:
-            ids = self.encode(prompt, messages)
+            ids = encode_prompt(self.tokenizer, prompt, messages)
+        check_request(ids, sampling.max_new_tokens, self.max_context, self.vocab_size)  # as served
         check_router(routing, router)
         return self._run(ids, sampling, routing, router)
 

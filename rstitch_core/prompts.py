@@ -54,3 +54,12 @@ def check_prompt_ids(ids: Sequence[int], max_context: int, vocab_size: int) -> N
     bad = next((t for t in ids if not 0 <= t < vocab_size), None)
     if bad is not None:
         raise ValueError(f"prompt token id {bad} is outside the vocabulary [0, {vocab_size})")
+
+
+def check_request(ids: Sequence[int], max_new_tokens: int, max_context: int, vocab_size: int) -> None:
+    """The checks every path runs (engine, gRPC, HTTP): the prompt's (check_prompt_ids), and a
+    budget the context window could ever hold (a prompt plus budget past it ends at the window)."""
+    if max_new_tokens > max_context:
+        raise ValueError(f"sampling.max_new_tokens must be <= {max_context} (the context window), "
+                         f"got {max_new_tokens}")
+    check_prompt_ids(ids, max_context, vocab_size)

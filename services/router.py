@@ -18,13 +18,14 @@ import grpc
 
 from rstitch.v1 import rstitch_pb2 as pb
 from rstitch_core.events import Event, FinishEvent, SwitchEvent, TokenEvent
+from rstitch_core.draft_windows import DraftWindows
 from rstitch_core.models.loading import check_tokenizers, load_tokenizer
-from rstitch_core.prompts import check_prompt_ids, encode_prompt
+from rstitch_core.policies.cost_aware import CostAwareControl
+from rstitch_core.prompts import check_request, encode_prompt
 from rstitch_core.sequence import Sequence
 from services.metrics import BUSY, CANCELLED, ERROR, INVALID, RequestRecorder, RouterMetrics
 from services.protocol import (NoRouter, ParsedRequest, finish_response, parse_request, switch_response,
                                tokens_response)
-from rstitch_core.policies.cost_aware import CostAwareControl
 from services.session import RemoteSession
 from services.worker import WorkerBusy, resolve_model_source
 
@@ -62,6 +63,7 @@ class Router:
         self.active_requests = 0
         self.shadow_prefill_tokens = shadow_prefill_tokens  # see RemoteSession
         self.cost_profile = _load_cost_profile(cost_profile)
+        self.draft_windows = DraftWindows()  # drafting or plain decoding, by measured throughput at each load
         sources = {m: resolve_model_source(s, m) for m, s in (("slm", slm_source), ("llm", llm_source))}
         slm_tokenizer = load_tokenizer(sources["slm"], "slm")
         self.tokenizer = load_tokenizer(sources["llm"], "llm")
@@ -103,11 +105,8 @@ class Router:
             raise
         try:
             parsed = parse(pair)
-            if parsed.sampling.max_new_tokens > pair["max_context"]:
-                raise ValueError(f"sampling.max_new_tokens must be <= {pair['max_context']} (the context "
-                                 f"window), got {parsed.sampling.max_new_tokens}")
             ids = encode_prompt(self.tokenizer, parsed.prompt, parsed.messages)
-            check_prompt_ids(ids, pair["max_context"], pair["vocab_size"])
+            check_request(ids, parsed.sampling.max_new_tokens, pair["max_context"], pair["vocab_size"])
         except ValueError:
             self.metrics.request("unknown").close(INVALID, time.perf_counter() - started)
             raise
@@ -132,11 +131,14 @@ class Router:
         session = RemoteSession(f"{req.request_id}-{uuid.uuid4().hex[:8]}", seq, req.routing, self.handles,
                                 self.shadow_prefill_tokens)
         if self.cost_profile is not None and req.routing.cost_aware:
-            session.control = CostAwareControl(self.cost_profile, batch_rows=lambda: session.llm_batch_rows)
+            session.control = CostAwareControl(self.cost_profile, batch_rows=lambda: session.llm_batch_rows,
+                                               windows=self.draft_windows, load=lambda: self.active_requests)
         self.active_requests += 1
         try:
             async for event in session.events():
                 _record(record, event)
+                if isinstance(event, TokenEvent):
+                    self.draft_windows.emitted(1)
                 yield event
         except (asyncio.CancelledError, GeneratorExit):
             record.close(CANCELLED, time.perf_counter() - started)

@@ -20,7 +20,7 @@ from rstitch_core.policies.loop import DraftControl, Handoff, Rollback, Steps, d
 from rstitch_core.policies.phases import Op, Result, VerifyOp
 from rstitch_core.sampling import Sampler
 from rstitch_core.sequence import Sequence
-from services.worker import TurnCall
+from services.session_store import TurnCall
 
 logger = logging.getLogger(__name__)
 

@@ -12,22 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import AsyncIterator
 
 import torch
 
-from rstitch_core.config import Policy, RoutingParams, SamplingParams
+from rstitch_core.config import Policy
 from rstitch_core.events import ModelStats, Source
 from rstitch_core.models.batched import supports_batching
 from rstitch_core.models.loading import load_model
 from rstitch_core.models.scheduler import BatchedRunner
-from rstitch_core.policies.phases import Op, run_phase
+from rstitch_core.policies.phases import run_phase
 from rstitch_core.sampling import Sampler
 from rstitch_core.sequence import ModelState, Sequence
 from services.metrics import WorkerMetrics
+from services.session_store import Session, SessionReleased, SessionStore, TurnCall, WorkerBusy
+
+__all__ = ["LLMWorker", "ModelWorker", "SLMWorker", "SessionReleased", "TurnCall", "WorkerBusy", "WorkerConfig"]
 
 
 @dataclass(frozen=True)
@@ -56,48 +58,7 @@ class WorkerConfig:
 
 
 @dataclass
-class TurnCall:
-    """One round trip from the front end: the whole sequence so far, how much of our cache still
-    matches it, and the op of the policy loop to run (None: a shadow prefill)."""
-
-    session_id: str
-    token_ids: list[int]  # prompt + generated so far
-    prompt_len: int
-    num_cached: int  # leading cached positions known to match token_ids (rollbacks lower it)
-    sampling: SamplingParams
-    routing: RoutingParams
-    max_context: int
-    eos_token_ids: frozenset[int]
-    rng_state: torch.Tensor | None = None  # the request's sampler state (None when greedy)
-    first: bool = True  # the front end's first call to this model for the session
-    op: Op | None = None  # run(): the DraftOp (SLM) or VerifyOp (LLM)
-
-
-_RELEASED_MEMORY = 65_536
-
-
-class WorkerBusy(RuntimeError):
-    """Every session slot of this worker is in use by a call in progress."""
-
-
-class SessionReleased(RuntimeError):
-    """A call arrived for a session whose request has already ended."""
-
-
-@dataclass
-class Session:
-    seq: Sequence  # this worker's mirror of the sequence (text and stop state included)
-    state: ModelState
-    sampler: Sampler
-    busy: bool = False  # a call holds it, or an abandoned call's forward pass is still running
-    forward: Future | None = None  # the pass running on the executor thread, if any
-
-
-@dataclass
-class WorkerCounters:
-    rebuilds: int = 0
-    evictions: int = 0
-    turns: int = 0
+class ShadowCounters:
     shadow_prefills: int = 0  # shadow prefill calls that fed tokens
     shadow_prefill_tokens: int = 0
 
@@ -128,11 +89,9 @@ class ModelWorker:
 
             # Running it here, next to the hidden states, costs no extra round trip.
             self.router = LearnedRouter.load(config.router, slm=self.runner)
-        self.sessions: OrderedDict[str, Session] = OrderedDict()  # least recently used first
-        # Released ids, remembered so that a call already in flight when its request was cancelled
-        # cannot bring the session back (ids are unique per request; the memory is bounded).
-        self._released: OrderedDict[str, None] = OrderedDict()
-        self.counters = WorkerCounters()
+        self.store = SessionStore(self.role, config.max_sessions, config.max_cached_tokens, self._new_session,
+                                  on_change=self.metrics.state, on_evict=self.metrics.evicted)
+        self.shadow_counters = ShadowCounters()
         # Forward passes block; running them off the event loop keeps streams, cancellations
         # and other sessions' calls flowing while a pass runs.
         threads = config.max_sessions if why_not is None else 1
@@ -148,13 +107,13 @@ class ModelWorker:
     async def run(self, call: TurnCall) -> AsyncIterator[dict]:
         """Run call.op on this session's cache: stream each token it keeps as {"token", "source",
         "entropy"} and finish with {"end": True, "result": Drafted | Verdict, ...} (see _end)."""
-        session, rebuilt = self._checkout(call)
+        session, rebuilt = self.store.checkout(call)
         try:
             gate = self.router if call.routing.policy is Policy.RSTITCH_PLUS else None
             phase = run_phase(call.op, session.seq, session.state, session.sampler, gate)
             # Serve does not cancel this call when the front end's request is cancelled: once the
             # session is released (its request is over) stop decoding for it at the next pass.
-            while call.session_id not in self._released:
+            while not self.store.is_released(call.session_id):
                 done, value = await self._in_thread(session, _advance, phase)
                 if done:
                     session.state.idle()
@@ -162,7 +121,7 @@ class ModelWorker:
                     return
                 yield {"token": value.token_id, "source": value.source, "entropy": value.entropy}
         finally:
-            self._checkin(call.session_id, session)
+            self.store.checkin(session)
 
     async def prefill(self, call: TurnCall) -> dict:
         """Shadow prefill: feed what the cache lacks of the sequence, all but its last token, while
@@ -170,95 +129,46 @@ class ModelWorker:
         last token is left for that pass, which needs its logits."""
         reply = await self._one_pass(call, "fed", lambda s: _shadow_prefill(s.state, s.seq.token_ids))
         if reply["fed"]:
-            self.counters.shadow_prefills += 1
-            self.counters.shadow_prefill_tokens += reply["fed"]
+            self.shadow_counters.shadow_prefills += 1
+            self.shadow_counters.shadow_prefill_tokens += reply["fed"]
             self.metrics.shadow(reply["fed"])
         return reply
 
     async def _one_pass(self, call: TurnCall, key: str, work) -> dict:
-        session, rebuilt = self._checkout(call)
+        session, rebuilt = self.store.checkout(call)
         try:
             result = await self._in_thread(session, work, session)
             session.state.idle()
             return {**self._end(session, rebuilt), key: result}
         finally:
-            self._checkin(call.session_id, session)
+            self.store.checkin(session)
 
     async def release(self, session_id: str) -> bool:
         """Free a session's cache (request finished, failed or cancelled). True if it was held."""
-        self._released[session_id] = None
-        if len(self._released) > _RELEASED_MEMORY:
-            self._released.popitem(last=False)
-        session = self.sessions.pop(session_id, None)
-        if session is not None:
-            self._free(session)
-        self._report()
-        return session is not None
+        return self.store.release(session_id)
 
     async def evict(self, session_id: str) -> bool:
         """Drop a session's cache as LRU eviction would (its request may go on: the next call
         rebuilds it). True if it was held and idle."""
-        session = self.sessions.get(session_id)
-        if session is None or session.busy:
-            return False
-        self._drop(session_id)
-        return True
+        return self.store.evict(session_id)
 
     async def state(self) -> dict:
         """Sessions held, cached tokens and counters (for tests and metrics)."""
         import psutil  # installed with accelerate/ray
 
-        return {"role": self.role, "replica": _replica_id(), "sessions": len(self.sessions),
-                "cached_tokens": self._cached_tokens(), "session_ids": list(self.sessions),
-                "rss_bytes": psutil.Process().memory_info().rss, **asdict(self.counters),
+        store = self.store
+        return {"role": self.role, "replica": _replica_id(), "sessions": len(store.sessions),
+                "cached_tokens": store.cached_tokens, "session_ids": list(store.sessions),
+                "rss_bytes": psutil.Process().memory_info().rss, **asdict(store.counters),
+                **asdict(self.shadow_counters),
                 "batching": asdict(self.runner.stats) if isinstance(self.runner, BatchedRunner) else None,
                 "slots_in_use": self.runner.kv.slots_in_use if isinstance(self.runner, BatchedRunner) else None}
 
-    # -- sessions ----------------------------------------------------------------------------
-
-    def _checkout(self, call: TurnCall) -> tuple[Session, bool]:
-        """The call's session, brought in line with call.token_ids; created or rebuilt if needed."""
-        if call.session_id in self._released:
-            raise SessionReleased(f"session {call.session_id} was released (its request ended)")
-        session = self.sessions.pop(call.session_id, None)
-        # A session still busy belongs to an abandoned call whose forward pass may yet append to it:
-        # never share it, rebuild instead.
-        mirror_ok = (session is not None and not session.busy
-                     and call.token_ids[:len(session.seq.token_ids)] == session.seq.token_ids)
-        rebuilt = not mirror_ok and not call.first  # the router expected a replica to hold it
-        if not mirror_ok:
-            if session is not None:
-                self._free(session)
-            self._make_room()
-            session = self._new_session(call)
-        session.state.rollback(min(session.state.num_cached, call.num_cached))
-        session.seq.extend(call.token_ids[len(session.seq.token_ids):])
-        if call.rng_state is not None:
-            session.sampler.set_state(call.rng_state)
-        session.state.stats = ModelStats(rebuilds=int(rebuilt))  # this call's work only
-        session.busy = True
-        self.sessions[call.session_id] = session  # most recently used
-        self.counters.rebuilds += int(rebuilt)
-        self.counters.turns += 1
-        self._report()
-        return session, rebuilt
-
     def _new_session(self, call: TurnCall) -> Session:
+        """An empty session for the call's request (the store brings it in line with the call)."""
         prompt = call.token_ids[:call.prompt_len]
         seq = Sequence.create(prompt, call.sampling, self.runner.tokenizer, call.eos_token_ids, call.max_context)
         return Session(seq, ModelState(self.role, self.runner, ModelStats()), Sampler(call.sampling))
-
-    def _checkin(self, session_id: str, session: Session) -> None:
-        if session.forward is not None and not session.forward.done():
-            # The call was cancelled mid-pass: the session stays busy until the pass is over.
-            session.forward.add_done_callback(lambda _: setattr(session, "busy", False))
-        else:
-            session.busy = False
-        self._evict()
-        self._report()
-
-    def _report(self) -> None:
-        self.metrics.state(len(self.sessions), self._cached_tokens())
 
     def _end(self, session: Session, rebuilt: bool) -> dict:
         self.metrics.call(session.state.stats.prefill_tokens, rebuilt)
@@ -269,39 +179,6 @@ class ModelWorker:
     def _batch_rows(self) -> int:
         """Rows in this worker's last batched pass (1 unbatched): what a draft is priced at."""
         return self.runner.stats.last_batch_rows if isinstance(self.runner, BatchedRunner) else 1
-
-    def _cached_tokens(self) -> int:
-        return sum(s.state.num_cached for s in self.sessions.values())
-
-    def _evict(self) -> None:
-        """Drop least recently used idle sessions until both limits hold."""
-        while len(self.sessions) > self.config.max_sessions or self._cached_tokens() > self.config.max_cached_tokens:
-            victim = next((sid for sid, s in self.sessions.items() if not s.busy), None)
-            if victim is None:
-                return  # every session is mid-call; they shrink back when released
-            self._drop(victim)
-
-    def _make_room(self) -> None:
-        """Evict idle sessions until a new one fits; WorkerBusy if every slot is mid-call."""
-        while len(self.sessions) >= self.config.max_sessions:
-            victim = next((sid for sid, s in self.sessions.items() if not s.busy), None)
-            if victim is None:
-                raise WorkerBusy(f"{self.role} worker holds {len(self.sessions)} sessions, all mid-call "
-                                 f"(max_sessions={self.config.max_sessions})")
-            self._drop(victim)
-
-    def _free(self, session: Session) -> None:
-        """Release a discarded session's cache, once no forward pass of it is running any more."""
-        if session.forward is not None and not session.forward.done():
-            session.forward.add_done_callback(lambda _: session.state.release())
-        else:
-            session.state.release()
-
-    def _drop(self, session_id: str) -> None:
-        self._free(self.sessions.pop(session_id))
-        self.counters.evictions += 1
-        self.metrics.evicted()
-        self._report()
 
     async def _in_thread(self, session: Session, fn, *args):
         session.forward = self._executor.submit(fn, *args)

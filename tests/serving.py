@@ -53,3 +53,42 @@ def wait_until_released(timeout: float) -> list[dict]:
         if all(s["sessions"] == 0 and not s["slots_in_use"] for s in states) or time.monotonic() > deadline:
             return states
         time.sleep(0.1)
+
+
+class LocalFrontend:
+    """The real front end (Router, RemoteSession, workers) in this process, no Ray: its gRPC API on
+    a grpc.aio server, on an event loop of its own thread (services/local.py)."""
+
+    def __init__(self, slm: str, llm: str, **router_kwargs):
+        import asyncio
+        import threading
+
+        from services.local import local_router, start_grpc
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+        async def start():
+            self.router = local_router(slm, llm, "float32", **router_kwargs)
+            return await start_grpc(self.router)
+
+        self.server, port = self.call(start())
+        self.address = f"127.0.0.1:{port}"
+
+    def call(self, coroutine, timeout: float = 300):
+        """Run a coroutine on the front end's loop and wait for its result."""
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def sessions(self) -> dict[str, int]:
+        """Sessions each worker holds, read on the front end's loop."""
+        async def read():
+            return {m: len(h.worker.store.sessions) for m, h in self.router.handles.items()}
+        return self.call(read())
+
+    def close(self) -> None:
+        self.call(self.server.stop(None))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=60)

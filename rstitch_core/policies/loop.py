@@ -62,6 +62,10 @@ class DraftControl(Protocol):
     def observe(self, drafted: int, accepted: int) -> None:
         """The LLM kept the first `accepted` of `drafted` drafts."""
 
+    def plain_steps(self) -> int:
+        """After limit() said 0: how many more tokens the LLM decodes alone before the next round
+        (>= 0), each counted as an undrafted round."""
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -99,11 +103,12 @@ def decode(seq: Sequence, routing: RoutingParams,
     plan = Plan.of(routing)
     lead = plan.first_lead
     while seq.running:
-        draft = Draft()
+        draft, plain, undrafted = Draft(), 0, False
         limit = min(plan.draft_limit(lead), seq.room)
         if control is not None and not plan.trusted and limit > 0:
             limit = control.limit(lead, limit, len(seq.token_ids))
-            seq.stats.undrafted_rounds += limit == 0
+            undrafted = limit == 0
+            plain = control.plain_steps() if undrafted else 0
         if limit > 0:
             drafted = yield DraftOp(limit, plan.trusted, plan.slm_tau)
             draft = drafted.draft
@@ -114,7 +119,9 @@ def decode(seq: Sequence, routing: RoutingParams,
             continue
         base = len(seq.token_ids)
         alone = plan.llm_tau if plan.llm_lead_draft == 0 and lead == "llm" else None
-        verdict = yield VerifyOp(draft, routing.acceptance, routing.relaxed_ratio, decode_while_above=alone)
+        verdict = yield VerifyOp(draft, routing.acceptance, routing.relaxed_ratio, decode_while_above=alone,
+                                 plain_steps=plain)
+        seq.stats.undrafted_rounds += 1 + verdict.alone if undrafted else 0
         seq.stats.drafted_tokens += len(draft.tokens)
         seq.stats.accepted_tokens += verdict.accepted
         if control is not None and draft.tokens:

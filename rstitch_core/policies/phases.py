@@ -45,14 +45,16 @@ class DraftOp:
 class VerifyOp:
     """Ask the LLM to verify `draft` in one pass (an empty draft: one plain decode step).
 
-    `decode_while_above` (rstitch, llm; only with an empty draft): the LLM then keeps decoding
-    alone, one token per pass, while its entropy exceeds it (None: one pass only).
+    Only with an empty draft, the LLM then keeps decoding alone, one token per pass: while its
+    entropy exceeds `decode_while_above` (rstitch, llm; None: never) or for `plain_steps` more
+    tokens (a draft control that chose no drafts: one call instead of a round trip per token).
     """
 
     draft: Draft
     acceptance: Acceptance = Acceptance.EXACT
     relaxed_ratio: float = 1.0
     decode_while_above: float | None = None
+    plain_steps: int = 0
     model: Source = field(default="llm", init=False)
 
 
@@ -66,6 +68,7 @@ class Drafted:
 class Verdict:
     accepted: int  # leading drafts the LLM kept
     entropy: float  # the LLM's entropy at its last kept token (who leads next depends on it)
+    alone: int = 0  # tokens the LLM then decoded alone
 
 
 Op = DraftOp | VerifyOp
@@ -116,13 +119,15 @@ def verify_phase(seq: Sequence, llm: ModelState, sampler: Sampler,
             yield seq.append(draft_token, "slm", draft_entropy)
     if seq.running:
         yield seq.append(token, "llm", entropy)
-    if op.decode_while_above is not None:
-        assert not d.tokens, "the LLM decodes alone only when it had no drafts to verify"
-        while seq.running and entropy > op.decode_while_above:
-            logits = llm.step(seq.token_ids, turn_start=False).logits[-1]  # [V]
-            entropy = float(normalized_entropy(logits))
-            yield seq.append(sampler.sample(logits), "llm", entropy)
-    return Verdict(accepted, entropy)
+    above = NEVER if op.decode_while_above is None else op.decode_while_above
+    assert not d.tokens or (above == NEVER and op.plain_steps == 0), "the LLM decodes alone only without drafts"
+    alone = 0
+    while seq.running and (entropy > above or alone < op.plain_steps):
+        logits = llm.step(seq.token_ids, turn_start=False).logits[-1]  # [V]
+        entropy = float(normalized_entropy(logits))
+        yield seq.append(sampler.sample(logits), "llm", entropy)
+        alone += 1
+    return Verdict(accepted, entropy, alone)
 
 
 def run_phase(op: Op, seq: Sequence, state: ModelState, sampler: Sampler,

@@ -1,53 +1,29 @@
 """`rstitch client` and services.client over a real gRPC channel.
 
-The server here is a test-only servicer that runs the in-process engine and converts its events with
-services.protocol (no Ray), so this checks the client, the CLI and the protocol end to end.
+The server is the real front end (Router, sessions, workers) without Ray (tests/serving.py
+LocalFrontend, services/local.py), so this checks the client, the CLI, the protocol and the front
+end's validation end to end in seconds.
 """
 
 import json
 import socket
-from concurrent import futures
 
 import grpc
 import pytest
+from serving import LocalFrontend
 
 from rstitch.v1 import rstitch_pb2 as pb
 from rstitch.v1 import rstitch_pb2_grpc
 from rstitch_cli.main import main
-from rstitch_core import RoutingParams, SamplingParams, SwitchEvent, TokenEvent
+from rstitch_core import RoutingParams, SamplingParams
 from services.client import RStitchClient
-from services.protocol import finish_response, parse_request, switch_response, tokens_responses
-
-
-class EngineServicer(rstitch_pb2_grpc.RStitchServicer):
-    """Runs each request on the engine; token events are sent one run of one model at a time."""
-
-    def __init__(self, engine):
-        self.engine = engine
-
-    def Generate(self, request, context):
-        try:
-            req = parse_request(request)
-            events = self.engine.generate(req.prompt, req.messages, sampling=req.sampling, routing=req.routing)
-        except ValueError as err:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        for event in events:
-            if isinstance(event, TokenEvent):
-                yield from tokens_responses(req.request_id, [event])
-            elif isinstance(event, SwitchEvent):
-                yield switch_response(req.request_id, event)
-            else:
-                yield finish_response(req.request_id, event)
 
 
 @pytest.fixture(scope="module")
-def address(engine):
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    rstitch_pb2_grpc.add_RStitchServicer_to_server(EngineServicer(engine), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield f"127.0.0.1:{port}"
-    server.stop(grace=None)
+def address(pair_dirs):
+    frontend = LocalFrontend(*map(str, pair_dirs))
+    yield frontend.address
+    frontend.close()
 
 
 def cli(capsys, *argv):
@@ -70,8 +46,10 @@ def test_json_matches_rstitch_generate(address, pair_dirs, capsys):
     assert code == 0
     local = json.loads(out)
     assert key_tree(remote) == key_tree(local)  # the same keys at every level, stats included
-    for key in ("text", "token_ids", "sources", "entropies", "finish_reason", "switches"):
+    for key in ("text", "token_ids", "sources", "finish_reason", "switches"):
         assert remote[key] == local[key], key  # greedy: the same generation
+    # The workers' batched passes round differently from the engine's at float32's last bits.
+    assert remote["entropies"] == pytest.approx(local["entropies"], abs=1e-5)
     assert remote["stats"]["llm"]["tokens"] == local["stats"]["llm"]["tokens"] > 0
 
 

@@ -76,3 +76,22 @@ def test_router_flag_becomes_an_absolute_path_and_must_exist(tmp_path, monkeypat
     assert app_args["router"] == str(router)
     with pytest.raises(ValueError, match="--router: router file .* does not exist"):
         app_settings(ns(router="missing.safetensors"))
+
+
+def test_cost_profile_auto_measures_once_then_reuses_and_off_turns_it_off(pair_dirs, tmp_path, monkeypatch):
+    from rstitch_cli.serve import resolve_cost_profile
+    from rstitch_core.profile import CostProfile
+
+    monkeypatch.setenv("RSTITCH_CACHE", str(tmp_path))
+    slm, llm = map(str, pair_dirs)
+    app_args = {"slm": slm, "llm": llm, "dtype": "float32"}
+    resolve_cost_profile(app_args)  # no saved profile here: measured now (tiny models: quick)
+    measured = Path(app_args["cost_profile"])
+    assert measured.is_relative_to(tmp_path) and CostProfile.load(measured).key.dtype == "float32"
+    stamp = measured.stat().st_mtime_ns
+    again = {"slm": slm, "llm": llm, "dtype": "float32", "cost_profile": "auto"}
+    resolve_cost_profile(again)
+    assert again["cost_profile"] == str(measured) and measured.stat().st_mtime_ns == stamp  # reused
+    off = {"slm": slm, "llm": llm, "cost_profile": "off"}
+    resolve_cost_profile(off)
+    assert off["cost_profile"] is None

@@ -32,3 +32,17 @@ def test_draft_tokens_range_and_stop_string_normalisation():
     with pytest.raises(ValueError, match="draft_tokens"):
         RoutingParams(draft_tokens=0)
     assert SamplingParams(stop="\n\n").stop == ("\n\n",)
+
+
+def test_routing_spec_options_override_the_defaults_and_bad_options_are_named():
+    from rstitch_core.config import Acceptance, parse_routing_spec
+
+    routing = parse_routing_spec("verified:relaxed=0.3:k=6:tau=0.2", threshold=0.02, draft_tokens=4)
+    assert (routing.policy, routing.acceptance, routing.relaxed_ratio) == (Policy.VERIFIED, Acceptance.RELAXED, 0.3)
+    assert (routing.draft_tokens, routing.threshold) == (6, 0.2)
+    plain = parse_routing_spec("speculative", threshold=0.05, draft_tokens=None)
+    assert (plain.threshold, plain.draft_tokens, plain.cost_aware) == (0.05, None, True)
+    with pytest.raises(ValueError, match="'verified:tau=x'.*got 'tau=x'"):
+        parse_routing_spec("verified:tau=x")
+    with pytest.raises(ValueError, match=r"threshold \(tau\)"):
+        parse_routing_spec("verified:tau=2")

@@ -5,7 +5,8 @@ import pytest
 
 from rstitch_core import Generation, RoutingParams, SamplingParams
 from rstitch_core.costmodel import PassCost
-from rstitch_core.policies.cost_aware import PROBE_EVERY, CostAwareControl, cost_aware
+from rstitch_core.draft_control import choose_draft_limit
+from rstitch_core.policies.cost_aware import PROBE_EVERY, PROBE_RATE, CostAwareControl, cost_aware
 from rstitch_core.profile import CostProfile, ProfileKey
 
 KEY = ProfileKey("slm", "llm", "float32", "cpu", "Test CPU", 2)
@@ -51,8 +52,102 @@ def test_drafts_shrink_with_a_falling_acceptance_and_a_growing_batch_and_probes_
     assert first > 0 and control.limit("slm", 8, 100) < first
     busy = CostAwareControl(MEMORY_BOUND, batch_rows=lambda: 256)
     assert busy.limit("slm", 8, 100) < first
-    # At zero acceptance drafts never pay, but every PROBE_EVERY-th round drafts one token to re-measure.
-    chosen = [control.limit("slm", 8, 100) for _ in range(2 * PROBE_EVERY)]
-    assert chosen.count(1) == 2 and set(chosen) <= {0, 1}
+    # At zero acceptance drafts never pay, but every PROBE_EVERY-th round probes with the drafts
+    # that would pay at PROBE_RATE, to re-measure.
+    chosen = [control.limit("slm", 8, 100) for _ in range(2 * PROBE_EVERY + 1)]
+    probe = choose_draft_limit(MEMORY_BOUND, PROBE_RATE, 1, 100, 8, min_gain=0.0)
+    assert probe > 1 and sorted(set(chosen)) == [0, probe] and chosen.count(probe) == 2
     never = CostAwareControl(COMPUTE_BOUND)
     assert [never.limit("slm", 8, 100) for _ in range(2 * PROBE_EVERY)] == [0] * (2 * PROBE_EVERY)
+
+
+def test_rounds_without_drafts_decode_alone_until_the_next_probe(close_pair):
+    """One VerifyOp covers PROBE_EVERY plain tokens: served, that is one worker call, not one per token."""
+    from rstitch_core.policies.loop import Handoff, Steps, decode
+    from rstitch_core.policies.phases import VerifyOp, run_phase
+    from rstitch_core.sampling import Sampler
+    from rstitch_core.sequence import ModelState, Sequence
+
+    e = close_pair
+    seq = Sequence.create(e.encode(PROMPT), SamplingParams(max_new_tokens=40), e.tokenizer,
+                          e.llm.eos_token_ids, e.max_context)
+    states = {"slm": ModelState("slm", e.slm, seq.stats.slm), "llm": ModelState("llm", e.llm, seq.stats.llm)}
+    control = CostAwareControl(COMPUTE_BOUND)
+    steps, ops = Steps(decode(seq, RoutingParams(policy="verified", threshold=0.5), control)), []
+    for step in steps:
+        if isinstance(step, Handoff):  # the lead still follows the LLM's entropy
+            continue
+        assert isinstance(step, VerifyOp), "drafts cannot pay on a compute-bound profile"
+        ops.append(step)
+        phase = run_phase(step, seq, states["llm"], Sampler(seq.sampling))
+        while steps.result is None:
+            try:
+                next(phase)
+            except StopIteration as stop:
+                steps.result = stop.value
+    assert seq.num_generated == 40 and len(ops) == -(-40 // PROBE_EVERY)
+    assert all(op.plain_steps == PROBE_EVERY - 1 for op in ops[:-1])
+    assert seq.stats.undrafted_rounds == seq.stats.llm.forward_passes == 40
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def served(windows, clock, load, draft_tps, plain_tps, seconds):
+    """`load` requests' rounds, as a front end would drive their controls, for `seconds`: tokens
+    stream at the whole front end's rate of the mode each round ran in."""
+    controls = [CostAwareControl(MEMORY_BOUND, windows=windows, load=lambda: load) for _ in range(load)]
+    tokens = [100] * load
+    while clock.now < seconds:
+        for i, control in enumerate(controls):
+            k = control.limit("slm", 8, tokens[i])
+            emitted = 1 + k if k else 1 + control.plain_steps()
+            tokens[i] += emitted
+            windows.emitted(emitted)
+            clock.now += emitted / (draft_tps if k else plain_tps)
+    return [k for c in controls for k in c.chosen]
+
+
+def test_windows_keep_plain_decoding_where_drafting_streams_less():
+    from rstitch_core.draft_windows import DraftWindows
+
+    clock = FakeClock()
+    windows = DraftWindows(window_s=4.0, clock=clock)
+    chosen = served(windows, clock, 8, draft_tps=19.0, plain_tps=27.0, seconds=120)
+    assert windows.rate(8, "draft") == pytest.approx(19.0, rel=0.2)
+    assert windows.rate(8, "plain") == pytest.approx(27.0, rel=0.2)
+    late = chosen[-200:]
+    assert late.count(0) > 0.8 * len(late)  # the profile's drafts lost: plain, with rare measuring windows
+
+
+def test_windows_keep_drafting_where_it_streams_more():
+    from rstitch_core.draft_windows import DraftWindows
+
+    clock = FakeClock()
+    windows = DraftWindows(window_s=4.0, clock=clock)
+    chosen = served(windows, clock, 1, draft_tps=5.4, plain_tps=4.3, seconds=200)
+    assert windows.rate(1, "draft") > windows.rate(1, "plain")
+    late = chosen[-100:]
+    assert sum(k > 0 for k in late) > 0.5 * len(late)
+
+
+def test_a_window_spanning_a_load_change_or_idle_time_is_no_sample():
+    from rstitch_core.draft_windows import DraftWindows
+
+    clock = FakeClock()
+    windows = DraftWindows(window_s=1.0, clock=clock)
+    assert windows.mode(1) == "draft"  # unmeasured: measured first
+    windows.emitted(10)
+    clock.now = 0.5
+    assert windows.mode(4) == "draft"  # the load changed: that window is void, a new one starts
+    assert windows.rate(1, "draft") is None
+    clock.now = 10.0  # idle far past the window: void as well
+    windows.mode(4)
+    assert windows.rate(4, "draft") is None
+    with pytest.raises(ValueError, match="window_s > 0"):
+        DraftWindows(window_s=0)

@@ -69,7 +69,7 @@ def test_bad_arguments_are_refused(args, message):
 
 def test_acceptance_estimate_starts_at_the_prior_and_follows_the_rounds():
     est = AcceptanceEstimate.with_prior(0.7, weight=8, decay=0.9)
-    assert est.rate == pytest.approx(0.7) and AcceptanceEstimate().rate == pytest.approx(0.7)
+    assert est.rate == pytest.approx(0.7) and AcceptanceEstimate().rate == pytest.approx(0.9)
     assert est.observe(0, 0) is est
     high = est
     for _ in range(30):

@@ -57,6 +57,9 @@ def test_caches_hold_only_sequence_tokens_after_rejections(close_pair, policy):
         def observe(self, drafted, accepted):
             pass
 
+        def plain_steps(self):
+            return 0
+
     routing = RoutingParams(policy=policy, draft_tokens=5, threshold=0.3)
     for _ in run_local(seq, slm, llm, routing, Sampler(SamplingParams()), control=CheckBetweenRounds()):
         pass

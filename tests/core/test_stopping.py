@@ -58,8 +58,11 @@ def test_context_window_ends_generation(pair_dirs, tmp_path):
              for s, n in ((0, "slm"), (1, "llm"))]
     engine = Engine(*small)
     ids = engine.encode(PROMPT)
-    g = Generation.collect(engine.generate(prompt_ids=ids, sampling=SamplingParams(max_new_tokens=100),
+    g = Generation.collect(engine.generate(prompt_ids=ids, sampling=SamplingParams(max_new_tokens=24),
                                            routing=RoutingParams(policy="speculative")))
     assert g.finish_reason is FinishReason.CONTEXT and len(ids) + len(g.token_ids) == 24
     with pytest.raises(ValueError, match="context window holds 24"):
-        engine.generate(prompt_ids=list(range(3, 27)))
+        engine.generate(prompt_ids=list(range(3, 27)), sampling=SamplingParams(max_new_tokens=24))
+    # The same budget check as served: a budget the window could never hold is refused up front.
+    with pytest.raises(ValueError, match=r"sampling.max_new_tokens must be <= 24 \(the context window\), got 100"):
+        engine.generate(prompt_ids=ids, sampling=SamplingParams(max_new_tokens=100))

@@ -47,6 +47,9 @@ class FixedLimit:
     def observe(self, drafted, accepted):
         self.seen.append((drafted, accepted))
 
+    def plain_steps(self):
+        return 0
+
 
 def test_a_cost_aware_limit_of_zero_drafts_is_plain_llm_decoding(close_pair):
     close_pair.draft_control = lambda routing: FixedLimit(0)

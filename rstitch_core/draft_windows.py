@@ -1,0 +1,83 @@
+"""Served, whether to draft at all is decided by measured throughput, in windows.
+
+The cost profile prices one request's round from passes timed in isolation. Served, the requests
+share the workers: with b of them, plain decoding batches all b into each LLM pass, while drafting
+requests split between the SLM and LLM workers, whose passes on one device add up instead of
+overlapping and batch fewer rows each. Measured on a 2-core AMX Xeon (docs/results.md) drafts won
+1.2x at one stream and lost 0.64-0.86x at 4-16 streams, where the profile still projected gains.
+Timing one request's rounds cannot see this (one request decoding plainly among drafting ones gets
+none of plain decoding's batching), so the front end compares the whole: it runs all its
+cost-aware requests in one mode for a window, counts the tokens it streamed, and per load bucket
+(1, 2-3, 4-7, 8-15, 16+ concurrent requests) keeps the mode that streamed more, measuring the
+other again every `explore_every` windows.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+Mode = Literal["draft", "plain"]
+MODES: tuple[Mode, Mode] = ("draft", "plain")
+
+
+@dataclass
+class DraftWindows:
+    """One front end's drafting windows. `mode(load)` is asked at every round of every cost-aware
+    request; `emitted(n)` counts the tokens the front end streamed."""
+
+    window_s: float = 4.0
+    explore_every: int = 8  # windows of the better mode between two of the other
+    decay: float = 0.7  # per window of the same bucket and mode
+    clock: Callable[[], float] = time.perf_counter
+    rates: dict[tuple[int, Mode], tuple[float, float]] = field(default_factory=dict)  # discounted tokens, s
+    windows: int = 0  # windows closed since the last exploring one
+    current: tuple[int, Mode, float, int] | None = None  # bucket, mode, start, tokens at start
+    tokens: int = 0
+
+    def __post_init__(self):
+        if not self.window_s > 0 or not 0 < self.decay <= 1 or self.explore_every < 1:
+            raise ValueError(f"need window_s > 0, decay in (0, 1] and explore_every >= 1, got "
+                             f"{self.window_s!r}, {self.decay!r}, {self.explore_every!r}")
+
+    @staticmethod
+    def bucket(load: int) -> int:
+        """Loads 1, 2-3, 4-7, 8-15, ... share a bucket: batches of similar size cost alike."""
+        return max(1, load).bit_length()
+
+    def emitted(self, num_tokens: int) -> None:
+        self.tokens += num_tokens
+
+    def mode(self, load: int) -> Mode:
+        """The mode for a round starting now at `load` concurrent requests."""
+        now, bucket = self.clock(), self.bucket(load)
+        if self.current is not None:
+            b, mode, start, tokens = self.current
+            if b == bucket and now - start < self.window_s:
+                return mode
+            # A sample: a whole window at one load (a load change voids it, and so does a window
+            # overrun by idle time, with no round to close it).
+            if b == bucket and now - start < 2 * self.window_s:
+                total, seconds = self.rates.get((b, mode), (0.0, 0.0))
+                self.rates[(b, mode)] = (total * self.decay + self.tokens - tokens,
+                                         seconds * self.decay + now - start)
+        mode = self._next(bucket)
+        self.current = (bucket, mode, now, self.tokens)
+        return mode
+
+    def rate(self, load: int, mode: Mode) -> float | None:
+        """Tokens per second the front end streamed in `mode` windows at this load (None: unmeasured)."""
+        total, seconds = self.rates.get((self.bucket(load), mode), (0.0, 0.0))
+        return total / seconds if seconds > 0 else None
+
+    def _next(self, bucket: int) -> Mode:
+        load = 1 << (bucket - 1)
+        unmeasured = [m for m in MODES if self.rate(load, m) is None]
+        if unmeasured:
+            return unmeasured[0]
+        best = max(MODES, key=lambda m: self.rate(load, m))
+        self.windows += 1
+        if self.windows % (self.explore_every + 1) == 0:
+            return "plain" if best == "draft" else "draft"
+        return best

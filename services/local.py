@@ -1,0 +1,96 @@
+"""The front end without Ray: the workers in this process behind handle-shaped adapters, and the
+gRPC API on a plain grpc.aio server.
+
+In production Serve carries each front-end call to a worker replica (DeploymentHandle) and its gRPC
+proxy carries requests to the front end. Here the same Router, RemoteSession and ModelWorker code
+runs with both carriers replaced by direct calls, so the front end's behaviour (validation,
+streaming, limits, metrics, cancellation, cost-aware drafting) is tested in seconds without a
+cluster (tests/services/test_local_frontend.py, tests/cli/test_client.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+
+from services.grpc_api import add_RStitchServicer_to_server
+from services.router import Router
+from services.worker import LLMWorker, SLMWorker, WorkerConfig
+
+
+class LocalHandle:
+    """The part of Serve's DeploymentHandle the front end uses: `options(stream=..., ...)` and
+    `handle.method.remote(*args)`, an awaitable (or, streaming, an async iterator) of the call."""
+
+    def __init__(self, worker, stream: bool = False):
+        self.worker, self.stream = worker, stream
+
+    def options(self, *, stream: bool | None = None, **_routing: Any) -> LocalHandle:
+        # session_id and the other routing options choose a replica: there is only this one.
+        return LocalHandle(self.worker, self.stream if stream is None else stream)
+
+    def __getattr__(self, name: str) -> _Method:
+        return _Method(getattr(self.worker, name), self.stream)
+
+
+class _Method:
+    def __init__(self, method, stream: bool):
+        self.method, self.stream = method, stream
+
+    def remote(self, *args, **kwargs):
+        if self.stream:
+            return self.method(*args, **kwargs)  # the worker's async generator
+        return asyncio.ensure_future(self.method(*args, **kwargs))
+
+
+def local_router(slm: str, llm: str, dtype: str = "float32", *, worker_kwargs: dict | None = None,
+                 **router_kwargs) -> Router:
+    """A Router over an SLM and an LLM worker loaded in this process (model sources as for serve)."""
+    config = dict(dtype=dtype, device="cpu", **(worker_kwargs or {}))
+    workers = SLMWorker(WorkerConfig(slm, **config)), LLMWorker(WorkerConfig(llm, **config))
+    return Router(*(LocalHandle(w) for w in workers), slm, llm, **router_kwargs)
+
+
+class _StatusContext:
+    """The RPC's context as the Router sees it under Serve: set_code/set_details are applied when
+    the handler raises (grpc.aio would report its own text instead of the details)."""
+
+    def __init__(self, context):
+        self.context, self.code, self.details = context, None, ""
+
+    def set_code(self, code) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+    def __getattr__(self, name: str):
+        return getattr(self.context, name)
+
+
+class AioServicer:
+    """rstitch.v1.RStitch for a grpc.aio server, answering with the Router's own Generate."""
+
+    def __init__(self, router: Router):
+        self.router = router
+
+    async def Generate(self, request, context):  # noqa: N802 - the RPC's name
+        status = _StatusContext(context)
+        try:
+            async for response in self.router.Generate(request, status):
+                yield response
+        except Exception:
+            if status.code is not None:
+                await context.abort(status.code, status.details)
+            raise
+
+
+async def start_grpc(router: Router, host: str = "127.0.0.1", port: int = 0) -> tuple[grpc.aio.Server, int]:
+    """Serve `router` over gRPC on this event loop; returns the started server and its port."""
+    server = grpc.aio.server()
+    add_RStitchServicer_to_server(AioServicer(router), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    return server, bound

@@ -1,0 +1,67 @@
+"""The front end's behaviour without Ray: Router, RemoteSession and both workers in this process
+(services/local.py), reached over real gRPC. Serve-specific behaviour (replicas, the proxy's cancel
+path, metrics export) stays in the other tests of this folder."""
+
+import threading
+import time
+
+import pytest
+from serving import HOLD_PROMPT, LocalFrontend
+
+from rstitch_core import Generation, RoutingParams, SamplingParams
+from rstitch_core.costmodel import PassCost
+from rstitch_core.profile import CostProfile, ProfileKey
+from services.client import RStitchClient
+
+PROMPTS = ["the quick brown", "add 2 and 3", "def f(x):"]
+# Drafts pay on this profile (an LLM pass over k tokens costs about one step): cost-aware requests draft.
+MEMORY_BOUND = CostProfile(ProfileKey("slm", "llm", "float32", "cpu", "Test CPU", 2),
+                           PassCost((0.004, 1e-5, 2e-4, 0, 0, 0), knee=64), PassCost((0.02, 5e-5, 1e-3, 0, 0, 0), knee=64))
+
+
+@pytest.fixture(scope="module")
+def frontend(pair_dirs, tmp_path_factory):
+    profile = MEMORY_BOUND.save(tmp_path_factory.mktemp("profile") / "p.json")
+    f = LocalFrontend(*map(str, pair_dirs), cost_profile=str(profile))
+    yield f
+    f.close()
+
+
+def test_verified_served_concurrently_equals_llm_only_with_and_without_cost_aware_drafts(frontend, engine):
+    sampling = SamplingParams(max_new_tokens=24)
+    expected = {p: Generation.collect(engine.generate(p, sampling=sampling, routing=RoutingParams(policy="llm"))).token_ids
+                for p in PROMPTS}
+    got, errors = {}, []
+
+    def run(prompt, routing):
+        try:
+            with RStitchClient(frontend.address, timeout=120) as client:
+                got[(prompt, routing.draft_tokens)] = client.generate_result(prompt, sampling=sampling,
+                                                                             routing=routing)["token_ids"]
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(p, RoutingParams(policy="verified", threshold=0.5, draft_tokens=k)))
+               for p in PROMPTS for k in (None, 3)]  # None: cost-aware (profile and drafting windows)
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for (prompt, _), token_ids in got.items():
+        assert token_ids == expected[prompt]
+    assert frontend.sessions() == {"slm": 0, "llm": 0}  # every finished request was released
+
+
+def test_a_cancelled_stream_frees_its_session_in_both_workers(frontend):
+    with RStitchClient(frontend.address, timeout=120) as client:
+        stream = client.generate(HOLD_PROMPT, sampling=SamplingParams(max_new_tokens=400),
+                                 routing=RoutingParams(policy="verified", threshold=0.5, draft_tokens=3))
+        for _, response in zip(range(3), stream):
+            pass
+        assert frontend.sessions() != {"slm": 0, "llm": 0}
+        stream.cancel()
+    deadline = time.monotonic() + 60  # a bound for a hung release, not an expected duration
+    while frontend.sessions() != {"slm": 0, "llm": 0}:
+        assert time.monotonic() < deadline, frontend.sessions()
+        time.sleep(0.01)
