@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     problem = problems[args.problem]
     app_args = {"dtype": args.dtype, **({"slm": args.slm, "llm": args.llm} if args.slm else {})}
     ensure_models(app_args)
-    resolve_cost_profile(app_args)
+    if routing.cost_aware:  # only speculative/verified use it: the others need not wait for a profile
+        resolve_cost_profile(app_args)
     print("rstitch demo: starting the service (Ray Serve, gRPC) ...", file=sys.stderr, flush=True)
     with local_service(app_args, _free_port(), _free_port(), None, http_port=_free_port(), quiet=True) as address:
         print(f"\nGSM8K problem {problem.id}: {problem.question}\n", flush=True)

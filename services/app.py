@@ -10,10 +10,10 @@ from typing import Any
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
-from services.router import Router
+from services.frontend import Frontend
 from services.worker import LLMWorker, SLMWorker, WorkerConfig
 
-# Like the generated rstitch.v1.rstitch_pb2_grpc function, but unparseable requests reach the router
+# Like the generated rstitch.v1.rstitch_pb2_grpc function, but unparseable requests reach the front end
 # (which answers INVALID_ARGUMENT) instead of failing as INTERNAL in the gRPC layer.
 GRPC_SERVICER = "services.grpc_api.add_RStitchServicer_to_server"
 GRPC_PORT = 9000
@@ -39,15 +39,15 @@ class AppConfig:
     llm_num_gpus: float = 0.0
     slm_num_cpus: float = 0.5
     llm_num_cpus: float = 0.5
-    router_num_cpus: float = 0.1
+    frontend_num_cpus: float = 0.1
     slm_replicas: int = 1
     llm_replicas: int = 1
     llm_autoscaling: dict | None = None  # Serve autoscaling_config for the LLM workers
     slm_resources: dict | None = None  # custom Ray resources, e.g. {"slm_node": 1} on KubeRay
     llm_resources: dict | None = None
-    router_resources: dict | None = None  # e.g. {"router_group": 1} offered only by the head pod
+    frontend_resources: dict | None = None  # e.g. {"frontend_group": 1} offered only by the head pod
     max_sessions: int = 64
-    max_concurrent_requests: int = 64  # per router replica; beyond it RESOURCE_EXHAUSTED
+    max_concurrent_requests: int = 64  # per front-end replica; beyond it RESOURCE_EXHAUSTED
     max_cached_tokens: int = 262_144
     torch_threads: int | None = None
     default_threshold: float = 0.02  # tau for requests that leave routing.threshold unset
@@ -65,7 +65,7 @@ class AppConfig:
         tau = self.default_threshold
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or not 0 <= tau <= 1:
             raise ValueError(f"default_threshold must be a number in [0, 1], got {tau!r}")
-        for name in ("slm_num_gpus", "llm_num_gpus", "slm_num_cpus", "llm_num_cpus", "router_num_cpus"):
+        for name in ("slm_num_gpus", "llm_num_gpus", "slm_num_cpus", "llm_num_cpus", "frontend_num_cpus"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
@@ -98,7 +98,7 @@ class AppConfig:
 
 
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
-    """Router (gRPC and HTTP ingress) bound to an SLMWorker and an LLMWorker deployment."""
+    """Frontend (gRPC and HTTP ingress) bound to an SLMWorker and an LLMWorker deployment."""
     cfg = AppConfig.from_args(args)
     worker_options = dict(max_ongoing_requests=4 * cfg.max_sessions, request_router_config=SESSION_AFFINITY)
     slm = serve.deployment(SLMWorker, name="SLMWorker", num_replicas=cfg.slm_replicas,
@@ -107,15 +107,15 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
                  else {"num_replicas": cfg.llm_replicas})
     llm = serve.deployment(LLMWorker, name="LLMWorker", ray_actor_options=cfg.actor_options("llm"),
                            **llm_scale, **worker_options)
-    # Serve's own queue admits more than the router runs, so excess requests get a clear
-    # RESOURCE_EXHAUSTED from the router instead of waiting in a queue.
-    router_options = {"num_cpus": cfg.router_num_cpus}
-    if cfg.router_resources:
-        router_options["resources"] = dict(cfg.router_resources)
-    # serve.ingress() without an app: Serve asks the constructed Router for its FastAPI app
-    # (Router.__serve_build_asgi_app__), so HTTP routes and gRPC Generate share one replica and path.
-    router = serve.deployment(serve.ingress()(Router), name="Router",
-                              max_ongoing_requests=2 * cfg.max_concurrent_requests, ray_actor_options=router_options)
-    return router.bind(slm.bind(cfg.worker("slm")), llm.bind(cfg.worker("llm")), cfg.slm, cfg.llm,
+    # Serve's own queue admits more than the front end runs, so excess requests get a clear
+    # RESOURCE_EXHAUSTED from the front end instead of waiting in a queue.
+    frontend_options = {"num_cpus": cfg.frontend_num_cpus}
+    if cfg.frontend_resources:
+        frontend_options["resources"] = dict(cfg.frontend_resources)
+    # serve.ingress() without an app: Serve asks the constructed Frontend for its FastAPI app
+    # (Frontend.__serve_build_asgi_app__), so HTTP routes and gRPC Generate share one replica and path.
+    frontend = serve.deployment(serve.ingress()(Frontend), name="Frontend",
+                              max_ongoing_requests=2 * cfg.max_concurrent_requests, ray_actor_options=frontend_options)
+    return frontend.bind(slm.bind(cfg.worker("slm")), llm.bind(cfg.worker("llm")), cfg.slm, cfg.llm,
                        cfg.default_threshold, cfg.max_concurrent_requests, cfg.shadow_prefill_tokens,
                        cfg.cost_profile)

@@ -3,7 +3,7 @@
 The same as the generated add_RStitchServicer_to_server, except that:
 - request bytes which do not parse become a MalformedRequest instead of failing inside the gRPC
   layer, so that the client gets INVALID_ARGUMENT with a reason rather than INTERNAL;
-- a client that goes away always cancels its request in the router (see cancel_safe).
+- a client that goes away always cancels its request in the front end (see cancel_safe).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from rstitch.v1 import rstitch_pb2 as pb
-from services.protocol import MalformedRequest
+from services.request_parsing import MalformedRequest
 
 
 def _parse(data: bytes):
@@ -30,7 +30,7 @@ def cancel_safe(stream_handler: Callable[..., AsyncIterator]) -> Callable[..., A
 
     Serve's proxy (ray 2.60) cancels the replica's request only when gRPC's cancellation lands
     while the proxy awaits the replica's next message; when it lands while gRPC is sending the
-    previous one to the client, the proxy's generator is merely dropped and the router streams
+    previous one to the client, the proxy's generator is merely dropped and the front end streams
     on until its generation ends, holding the session in both workers. Here the proxy's
     generator runs in its own task that only ever waits on the replica (its messages go to an
     unbounded queue), and that task is cancelled as soon as the RPC is over."""

@@ -2,7 +2,7 @@
 gRPC API on a plain grpc.aio server.
 
 In production Serve carries each front-end call to a worker replica (DeploymentHandle) and its gRPC
-proxy carries requests to the front end. Here the same Router, RemoteSession and ModelWorker code
+proxy carries requests to the front end. Here the same Frontend, RemoteSession and ModelWorker code
 runs with both carriers replaced by direct calls, so the front end's behaviour (validation,
 streaming, limits, metrics, cancellation, cost-aware drafting) is tested in seconds without a
 cluster (tests/services/test_local_frontend.py, tests/cli/test_client.py).
@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 
 from services.grpc_api import add_RStitchServicer_to_server
-from services.router import Router
+from services.frontend import Frontend
 from services.worker import LLMWorker, SLMWorker, WorkerConfig
 
 
@@ -45,16 +45,16 @@ class _Method:
         return asyncio.ensure_future(self.method(*args, **kwargs))
 
 
-def local_router(slm: str, llm: str, dtype: str = "float32", *, worker_kwargs: dict | None = None,
-                 **router_kwargs) -> Router:
-    """A Router over an SLM and an LLM worker loaded in this process (model sources as for serve)."""
+def local_frontend(slm: str, llm: str, dtype: str = "float32", *, worker_kwargs: dict | None = None,
+                 **frontend_kwargs) -> Frontend:
+    """A Frontend over an SLM and an LLM worker loaded in this process (model sources as for serve)."""
     config = dict(dtype=dtype, device="cpu", **(worker_kwargs or {}))
     workers = SLMWorker(WorkerConfig(slm, **config)), LLMWorker(WorkerConfig(llm, **config))
-    return Router(*(LocalHandle(w) for w in workers), slm, llm, **router_kwargs)
+    return Frontend(*(LocalHandle(w) for w in workers), slm, llm, **frontend_kwargs)
 
 
 class _StatusContext:
-    """The RPC's context as the Router sees it under Serve: set_code/set_details are applied when
+    """The RPC's context as the Frontend sees it under Serve: set_code/set_details are applied when
     the handler raises (grpc.aio would report its own text instead of the details)."""
 
     def __init__(self, context):
@@ -71,15 +71,15 @@ class _StatusContext:
 
 
 class AioServicer:
-    """rstitch.v1.RStitch for a grpc.aio server, answering with the Router's own Generate."""
+    """rstitch.v1.RStitch for a grpc.aio server, answering with the Frontend's own Generate."""
 
-    def __init__(self, router: Router):
-        self.router = router
+    def __init__(self, frontend: Frontend):
+        self.frontend = frontend
 
     async def Generate(self, request, context):  # noqa: N802 - the RPC's name
         status = _StatusContext(context)
         try:
-            async for response in self.router.Generate(request, status):
+            async for response in self.frontend.Generate(request, status):
                 yield response
         except Exception:
             if status.code is not None:
@@ -87,10 +87,10 @@ class AioServicer:
             raise
 
 
-async def start_grpc(router: Router, host: str = "127.0.0.1", port: int = 0) -> tuple[grpc.aio.Server, int]:
-    """Serve `router` over gRPC on this event loop; returns the started server and its port."""
+async def start_grpc(frontend: Frontend, host: str = "127.0.0.1", port: int = 0) -> tuple[grpc.aio.Server, int]:
+    """Serve `frontend` over gRPC on this event loop; returns the started server and its port."""
     server = grpc.aio.server()
-    add_RStitchServicer_to_server(AioServicer(router), server)
+    add_RStitchServicer_to_server(AioServicer(frontend), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     return server, bound

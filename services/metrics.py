@@ -104,8 +104,8 @@ def _make(specs: dict[str, MetricSpec]) -> dict[str, object]:
     return made
 
 
-class RouterMetrics:
-    """Request-level metrics, recorded by the router as it streams each request."""
+class FrontendMetrics:
+    """Request-level metrics, recorded by the front end as it streams each request."""
 
     def __init__(self):
         m = _make(ROUTER_METRICS)
@@ -127,7 +127,7 @@ class RouterMetrics:
 class RequestRecorder:
     """Records one request's events as they stream; `close` records how it ended."""
 
-    def __init__(self, metrics: RouterMetrics, policy: str):
+    def __init__(self, metrics: FrontendMetrics, policy: str):
         self.m, self.policy = metrics, policy
         self.last_token_at: float | None = None
         self.switched: str | None = None  # direction of a switch not yet followed by a token

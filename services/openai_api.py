@@ -1,7 +1,7 @@
-"""The OpenAI-compatible HTTP front end of the Router: /v1/chat/completions, /v1/completions (server-
+"""The OpenAI-compatible HTTP front end of the Frontend: /v1/chat/completions, /v1/completions (server-
 sent events when `stream` is true), /v1/models and /health, on Serve's HTTP port beside gRPC.
 
-Every request takes the Router's one path (prepare -> stream): the same validation, concurrency
+Every request takes the Frontend's one path (prepare -> stream): the same validation, concurrency
 limit, sessions, metrics and release as gRPC `Generate`. services.openai_protocol parses request
 bodies; ResponseWriter (below) turns the core's events into OpenAI chunks or one response.
 """
@@ -20,8 +20,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from rstitch_core.events import Event, FinishEvent, FinishReason, TokenEvent
 from services.openai_protocol import Endpoint, FieldError, OpenAIRequest, UnknownModel, parse_openai
-from services.protocol import NoRouter
-from services.router import Router, ServerBusy, WorkerUnavailable
+from services.request_parsing import NoRouter
+from services.frontend import Frontend, ServerBusy, WorkerUnavailable
 
 logger = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 5.0
@@ -30,11 +30,11 @@ FINISH_REASONS = {FinishReason.EOS: "stop", FinishReason.STOP: "stop", FinishRea
                   FinishReason.CONTEXT: "length"}
 
 
-def build_http_app(router: Router) -> FastAPI:
-    """The FastAPI app of one Router replica (Serve's ingress calls it for every HTTP request)."""
+def build_http_app(frontend: Frontend) -> FastAPI:
+    """The FastAPI app of one Frontend replica (Serve's ingress calls it for every HTTP request)."""
     app = FastAPI(title="rstitch", summary="OpenAI-compatible API of an R-Stitch SLM/LLM pair",
                   docs_url=None, redoc_url=None)
-    api = OpenAIFrontEnd(router)
+    api = OpenAIFrontEnd(frontend)
     app.add_api_route("/health", api.health, methods=["GET"])
     app.add_api_route("/v1/models", api.models, methods=["GET"])
     app.add_api_route("/v1/chat/completions", api.chat, methods=["POST"])
@@ -43,22 +43,22 @@ def build_http_app(router: Router) -> FastAPI:
 
 
 class OpenAIFrontEnd:
-    """The route handlers, over one Router."""
+    """The route handlers, over one Frontend."""
 
-    def __init__(self, router: Router):
-        self.router = router
+    def __init__(self, frontend: Frontend):
+        self.frontend = frontend
 
     async def health(self) -> Response:
         """200 when both workers answer, 503 otherwise."""
         try:
-            await asyncio.wait_for(asyncio.gather(*(h.info.remote() for h in self.router.handles.values())),
+            await asyncio.wait_for(asyncio.gather(*(h.info.remote() for h in self.frontend.handles.values())),
                                    HEALTH_TIMEOUT_S)
         except Exception as err:  # noqa: BLE001 - any failure to answer is "unavailable"
             return error_response(WorkerUnavailable(f"a worker is unavailable ({type(err).__name__})"), None)
         return JSONResponse({"status": "ok"})
 
     async def models(self) -> Response:
-        model = {"id": self.router.model_id, "object": "model", "created": 0, "owned_by": "rstitch"}
+        model = {"id": self.frontend.model_id, "object": "model", "created": 0, "owned_by": "rstitch"}
         return JSONResponse({"object": "list", "data": [model]})
 
     async def chat(self, request: Request) -> Response:
@@ -68,23 +68,23 @@ class OpenAIFrontEnd:
         return await self.complete(request, "completion")
 
     async def complete(self, request: Request, endpoint: Endpoint) -> Response:
-        """One generation: the first event is awaited before answering, so that a request the router
+        """One generation: the first event is awaited before answering, so that a request the front end
         or a worker turns away gets its own status code (429, 503) instead of a broken stream."""
         body = await request.body()
-        router = self.router
+        frontend = self.frontend
         input_param = "messages" if endpoint == "chat" else "prompt"
         try:
-            prepared = await router.prepare(lambda pair: parse_openai(
-                body, endpoint, router.model_id, pair["max_context"], router.default_threshold, pair["router_tau"]))
+            prepared = await frontend.prepare(lambda pair: parse_openai(
+                body, endpoint, frontend.model_id, pair["max_context"], frontend.default_threshold, pair["router_tau"]))
         except Exception as err:  # noqa: BLE001 - every failure becomes an OpenAI error object
             return error_response(err, input_param)
         req: OpenAIRequest = prepared.request  # type: ignore[assignment] - parse_openai made it
-        events = router.stream(prepared)
+        events = frontend.stream(prepared)
         try:
             first = await anext(events)
         except Exception as err:  # noqa: BLE001
             return error_response(err, input_param)
-        writer = ResponseWriter(req, router.model_id)
+        writer = ResponseWriter(req, frontend.model_id)
         if req.stream:
             return ClosingStreamingResponse(_sse(writer, first, events), media_type="text/event-stream")
         async with aclosing(events):
@@ -117,7 +117,7 @@ def _data(chunk: dict) -> str:
 class ClosingStreamingResponse(StreamingResponse):
     """A StreamingResponse that closes its body however the response ends. A client that goes away
     while a chunk is being sent cancels this task outside the body's generator, which is then left
-    suspended; closing it now ends the router's stream, which frees the session in both workers."""
+    suspended; closing it now ends the front end's stream, which frees the session in both workers."""
 
     async def __call__(self, scope, receive, send) -> None:
         try:
@@ -127,14 +127,14 @@ class ClosingStreamingResponse(StreamingResponse):
 
 
 def error_response(err: Exception, input_param: str | None) -> JSONResponse:
-    """The HTTP answer to an exception of the router's path (see error_status)."""
+    """The HTTP answer to an exception of the front end's path (see error_status)."""
     status, body = error_status(err, input_param)
     return JSONResponse(body, status_code=status)
 
 
 def error_status(err: Exception, input_param: str | None) -> tuple[int, dict]:
-    """The status and OpenAI error object for an exception of the router's path. `input_param`
-    names the prompt's field for a router-level check (a prompt longer than the context)."""
+    """The status and OpenAI error object for an exception of the front end's path. `input_param`
+    names the prompt's field for a front-end check (a prompt longer than the context)."""
     if isinstance(err, UnknownModel):
         return 404, error_body(str(err), "invalid_request_error", err.param, "model_not_found")
     if isinstance(err, FieldError):

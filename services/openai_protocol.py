@@ -15,7 +15,7 @@ from typing import Any, Literal
 from rstitch_core.config import Policy, RoutingParams, SamplingParams
 from rstitch_core.prompts import validate_messages
 from services import limits
-from services.protocol import NoRouter, ParsedRequest
+from services.request_parsing import NoRouter, ParsedRequest
 
 Endpoint = Literal["chat", "completion"]
 UNSET_TEMPERATURE = 1.0  # OpenAI's default (gRPC's unset temperature is 0, greedy)

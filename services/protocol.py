@@ -1,17 +1,15 @@
 """The one translation between the gRPC messages (rstitch.v1) and the core's configs and events.
 
-Servers call parse_request() and the *_response() builders; clients call build_request() and
-ResultBuilder / collect_responses(), which rebuild the core's own Generation so that a result
-fetched over gRPC has exactly the layout of `rstitch generate --json`. Imports no ray.
+Servers parse requests with services.request_parsing and answer with the *_response() builders;
+clients call build_request() and ResultBuilder / collect_responses(), which rebuild the core's own
+Generation so that a result fetched over gRPC has exactly the layout of `rstitch generate --json`.
+Imports no ray and no torch.
 """
 
 from __future__ import annotations
 
-import math
-import struct
-import uuid
-from dataclasses import dataclass, fields
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from dataclasses import fields
+from typing import Iterable, Iterator, Sequence, TypeVar
 
 from rstitch.v1 import rstitch_pb2 as pb
 from rstitch_core.config import Acceptance, Policy, RoutingParams, SamplingParams
@@ -19,7 +17,6 @@ from rstitch_core.events import (Event, FinishEvent, FinishReason, GenerationSta
                                  SwitchEvent, TokenEvent)
 from rstitch_core.generation import Generation
 from rstitch_core.prompts import validate_messages
-from services import limits
 
 POLICIES = {pb.POLICY_UNSPECIFIED: Policy.RSTITCH, pb.POLICY_RSTITCH: Policy.RSTITCH,
             pb.POLICY_LLM: Policy.LLM, pb.POLICY_SLM: Policy.SLM, pb.POLICY_SPECULATIVE: Policy.SPECULATIVE,
@@ -34,153 +31,6 @@ FINISH_REASONS = {FinishReason.EOS: pb.FINISH_REASON_EOS, FinishReason.STOP: pb.
                   FinishReason.LENGTH: pb.FINISH_REASON_LENGTH, FinishReason.CONTEXT: pb.FINISH_REASON_CONTEXT}
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ParsedRequest:
-    """A validated GenerateRequest in the core's terms: exactly one of prompt or messages is set."""
-
-    prompt: str | None
-    messages: list[dict] | None
-    sampling: SamplingParams
-    routing: RoutingParams
-    request_id: str
-
-
-# ---- requests ---------------------------------------------------------------------------------
-
-class NoRouter(RuntimeError):
-    """An rstitch+ request reached a server that holds no router (FAILED_PRECONDITION)."""
-
-
-def parse_request(req: pb.GenerateRequest, default_threshold: float | None = None,
-                  router_tau: float | None = None) -> ParsedRequest:
-    """Validate a request and fill unset optional fields with the core defaults
-    (an unset routing.threshold with `default_threshold` when given: the server's tau). rstitch+
-    runs at `router_tau`, the tau of the server's router (NoRouter when it has none).
-
-    Raises ValueError whose message starts with the field path, e.g.
-    "sampling.max_new_tokens must be an integer >= 1, got 0" (servers answer INVALID_ARGUMENT);
-    sizes are bounded first (services.limits).
-    """
-    if isinstance(req, MalformedRequest):
-        raise ValueError(f"request: {req.error}")
-    _check_sizes(req)
-    _reject_unknown_fields(req, "")
-    prompt, messages = _parse_input(req)
-    return ParsedRequest(prompt, messages, _parse_sampling(req.sampling),
-                         _parse_routing(req.routing, default_threshold, router_tau), req.request_id or uuid.uuid4().hex)
-
-
-@dataclass(frozen=True)
-class MalformedRequest:
-    """Stands in for a GenerateRequest whose bytes did not parse, so the router can answer
-    INVALID_ARGUMENT instead of the gRPC layer's INTERNAL (see services.grpc_api)."""
-
-    error: str
-
-
-def _check_sizes(req: pb.GenerateRequest) -> None:
-    """The bounds of services.limits, before anything is decoded further, tokenized or echoed."""
-    limits.check_request_bytes(req.ByteSize())
-    limits.check_request_id(req.request_id)
-    if req.WhichOneof("input") == "prompt":
-        limits.check_prompt(req.prompt)
-    elif req.WhichOneof("input") == "messages":
-        limits.check_messages([{"role": m.role, "content": m.content} for m in req.messages.messages])
-    limits.check_stop(req.sampling.stop)
-
-
-def _reject_unknown_fields(message, path: str) -> None:
-    """A field this API does not define, or one sent with the wrong wire type (which protobuf
-    keeps aside as unknown), is a client bug: name it rather than silently ignore it."""
-    from google.protobuf import unknown_fields
-
-    for field in unknown_fields.UnknownFieldSet(message):
-        known = message.DESCRIPTOR.fields_by_number.get(field.field_number)
-        what = (f"{path}{known.name} (field {field.field_number}) has the wrong wire type {field.wire_type}"
-                if known else f"{path or 'request'}: unknown field number {field.field_number}")
-        raise ValueError(what)
-    for descriptor, value in message.ListFields():
-        if descriptor.message_type is None:
-            continue
-        items = value if descriptor.is_repeated else [value]
-        for i, item in enumerate(items):
-            index = f"[{i}]" if descriptor.is_repeated else ""
-            _reject_unknown_fields(item, f"{path}{descriptor.name}{index}.")
-
-
-def _parse_input(req: pb.GenerateRequest) -> tuple[str | None, list[dict] | None]:
-    kind = req.WhichOneof("input")
-    if kind is None:
-        raise ValueError("prompt or messages is required")
-    if kind == "prompt":
-        if not req.prompt.strip():
-            raise ValueError(f"prompt must be a non-empty string, got {req.prompt!r:.80}")
-        return req.prompt, None
-    raw = [{"role": m.role, "content": m.content} for m in req.messages.messages]
-    # The core's messages start with "messages..."; the proto nests the list one level deeper.
-    return None, _prefixed("messages.", lambda: validate_messages(raw))
-
-
-def _parse_sampling(s: pb.SamplingParams) -> SamplingParams:
-    for i, stop in enumerate(s.stop):
-        if not stop:
-            raise ValueError(f"sampling.stop[{i}] must be a non-empty string, got ''")
-    d = SamplingParams()
-    return _prefixed("sampling.", lambda: SamplingParams(
-        max_new_tokens=s.max_new_tokens if s.HasField("max_new_tokens") else d.max_new_tokens,
-        temperature=_float32(s.temperature) if s.HasField("temperature") else d.temperature,
-        top_p=_float32(s.top_p) if s.HasField("top_p") else d.top_p,
-        top_k=s.top_k if s.HasField("top_k") else d.top_k,
-        seed=s.seed if s.HasField("seed") else None,
-        stop=tuple(s.stop)))
-
-
-def _parse_routing(r: pb.RoutingParams, default_threshold: float | None, router_tau: float | None) -> RoutingParams:
-    if r.policy not in POLICIES:
-        accepted = ", ".join(f"{n} ({pb.Policy.Name(n)})" for n in POLICIES)
-        raise ValueError(f"routing.policy: unknown value {r.policy}; accepted: {accepted}")
-    if POLICIES[r.policy] is Policy.RSTITCH_PLUS:
-        if r.HasField("threshold"):
-            raise ValueError(f"routing.threshold must be unset for POLICY_RSTITCH_PLUS (it runs at its router's "
-                             f"tau{'' if router_tau is None else f' = {router_tau:g}'}), got {r.threshold:g}")
-        if router_tau is None:
-            raise NoRouter("POLICY_RSTITCH_PLUS: this server holds no router; start it with --router PATH "
-                           "(rstitch serve) or set router in the Serve config")
-        default_threshold = router_tau
-    if r.acceptance not in ACCEPTANCES:
-        accepted = ", ".join(f"{n} ({pb.Acceptance.Name(n)})" for n in ACCEPTANCES)
-        raise ValueError(f"routing.acceptance: unknown value {r.acceptance}; accepted: {accepted}")
-    d = RoutingParams()
-    return _prefixed("routing.", lambda: RoutingParams(
-        policy=POLICIES[r.policy],
-        threshold=(_float32(r.threshold) if r.HasField("threshold")
-                   else d.threshold if default_threshold is None else default_threshold),
-        draft_tokens=r.draft_tokens if r.HasField("draft_tokens") else d.draft_tokens,
-        acceptance=ACCEPTANCES[r.acceptance],
-        relaxed_ratio=_float32(r.relaxed_ratio) if r.HasField("relaxed_ratio") else d.relaxed_ratio))
-
-
-def _prefixed(path: str, build: Callable[[], T]) -> T:
-    """Run a core validation and put the proto field path in front of its error message."""
-    try:
-        return build()
-    except ValueError as err:
-        raise ValueError(f"{path}{err}") from None
-
-
-def _float32(value: float) -> float:
-    """The shortest decimal that is the same float32, so tau 0.02 on the wire is 0.02 in the engine
-    (not 0.0199999995), and a client and a local run route on exactly the same threshold."""
-    if not math.isfinite(value):
-        return value
-    bits = struct.pack("<f", value)
-    for digits in range(1, 10):
-        short = float(f"{value:.{digits}g}")
-        if struct.pack("<f", short) == bits:
-            return short
-    return value
 
 
 def build_request(prompt: str | None = None, messages: Sequence[dict] | None = None,

@@ -150,7 +150,7 @@ class RemoteSession:
     def _add_stats(self, model: Source, work: dict) -> None:
         stats: ModelStats = self.seq.stats.model(model)
         for name, value in work.items():
-            if name != "tokens":  # the router counts emitted tokens itself, as it appends them
+            if name != "tokens":  # the front end counts emitted tokens itself, as it appends them
                 setattr(stats, name, getattr(stats, name) + value)
 
     async def _on_failure(self, model: Source, err: Exception, attempt: int) -> None:

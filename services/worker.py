@@ -98,7 +98,7 @@ class ModelWorker:
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{self.role}-session")
 
     async def info(self) -> dict:
-        """What the router needs to know about this model."""
+        """What the front end needs to know about this model."""
         return {"role": self.role, "eos_token_ids": sorted(self.runner.eos_token_ids),
                 "router_tau": self.router.config.tau if self.router is not None else None,
                 "max_context": self.runner.max_context, "vocab_size": self.runner.vocab_size,

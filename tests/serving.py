@@ -56,22 +56,22 @@ def wait_until_released(timeout: float) -> list[dict]:
 
 
 class LocalFrontend:
-    """The real front end (Router, RemoteSession, workers) in this process, no Ray: its gRPC API on
+    """The real front end (Frontend, RemoteSession, workers) in this process, no Ray: its gRPC API on
     a grpc.aio server, on an event loop of its own thread (services/local.py)."""
 
-    def __init__(self, slm: str, llm: str, **router_kwargs):
+    def __init__(self, slm: str, llm: str, **frontend_kwargs):
         import asyncio
         import threading
 
-        from services.local import local_router, start_grpc
+        from services.local import local_frontend, start_grpc
 
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
         async def start():
-            self.router = local_router(slm, llm, "float32", **router_kwargs)
-            return await start_grpc(self.router)
+            self.frontend = local_frontend(slm, llm, "float32", **frontend_kwargs)
+            return await start_grpc(self.frontend)
 
         self.server, port = self.call(start())
         self.address = f"127.0.0.1:{port}"
@@ -85,7 +85,7 @@ class LocalFrontend:
     def sessions(self) -> dict[str, int]:
         """Sessions each worker holds, read on the front end's loop."""
         async def read():
-            return {m: len(h.worker.store.sessions) for m, h in self.router.handles.items()}
+            return {m: len(h.worker.store.sessions) for m, h in self.frontend.handles.items()}
         return self.call(read())
 
     def close(self) -> None:

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from rstitch_core.draft_control import AcceptanceEstimate, choose_draft_limit, drafting_can_pay
+from rstitch_core.draft_windows import DraftWindows
 from rstitch_core.events import Source
 from rstitch_core.profile import CostProfile
-from rstitch_core.draft_windows import DraftWindows
 
 # While drafts do not pay at the current acceptance estimate but could at a better one, every
 # PROBE_EVERY-th round drafts anyway: otherwise the estimate could never recover. A probe drafts
@@ -60,7 +60,8 @@ class CostAwareControl:
         self.estimate = self.estimate.observe(drafted, accepted)
 
     def plain_steps(self) -> int:
-        # Decode alone up to the next probe round (the batch size is looked at again there too).
+        # Decode alone up to the next probe round, where the batch size is looked at again too (in a
+        # plain window: WINDOW_PLAIN_TOKENS per call, and the windows decide when drafting returns).
         steps = WINDOW_PLAIN_TOKENS - 1 if self.plain_window else -self.undrafted % PROBE_EVERY
         self.undrafted += steps
         self.chosen.extend([0] * steps)

@@ -1,6 +1,6 @@
 """`rstitch client` and services.client over a real gRPC channel.
 
-The server is the real front end (Router, sessions, workers) without Ray (tests/serving.py
+The server is the real front end (Frontend, sessions, workers) without Ray (tests/serving.py
 LocalFrontend, services/local.py), so this checks the client, the CLI, the protocol and the front
 end's validation end to end in seconds.
 """

@@ -120,7 +120,7 @@ def test_worker_groups_offer_the_custom_resources_the_app_asks_for():
     service = rayservice()
     args = serve_config(service)["applications"][0]["args"]
     by_group = {name: custom_resources(g) for name, g in groups(service).items()}
-    assert set(by_group["head"]) == set(args["router_resources"])  # the Router stays off the GPU pods
+    assert set(by_group["head"]) == set(args["frontend_resources"])  # the Frontend stays off the GPU pods
     assert by_group["slm"] == args["slm_resources"] and by_group["llm"] == args["llm_resources"]
     assert not set(args["slm_resources"]) & set(args["llm_resources"]), "each deployment needs its own resource"
     for name, group in groups(service).items():

@@ -73,14 +73,14 @@ def test_model_pair_dtype_and_tau_are_serve_args():
     # No slm/llm: the default pair baked into the image (deploy/Dockerfile) serves.
     assert "slm" not in app["args"] and "llm" not in app["args"]
     assert built_deployments({**app["args"], "slm": "/models/slm", "llm": "/models/llm"}).keys() == {
-        "Router", "SLMWorker", "LLMWorker"}
+        "Frontend", "SLMWorker", "LLMWorker"}
 
 
 def test_each_worker_lands_on_its_own_gpu_group():
     service = rayservice()
     (app,) = configs()["serveConfigV2"]["applications"]
     deployments = built_deployments(app["args"])
-    assert deployments.keys() == {"Router", "SLMWorker", "LLMWorker"}
+    assert deployments.keys() == {"Frontend", "SLMWorker", "LLMWorker"}
     by_group = groups(service)
     for deployment, group_name in (("SLMWorker", "slm"), ("LLMWorker", "llm")):
         actor = deployments[deployment]["ray_actor_options"]
@@ -91,7 +91,7 @@ def test_each_worker_lands_on_its_own_gpu_group():
         router = deployments[deployment]["request_router_config"]
         assert router["request_router_class"] == CONSISTENT_HASH  # session affinity
         assert router["request_router_kwargs"] == {"num_fallback_replicas": 0}
-    assert pod_capacity(by_group["head"], deployments["Router"]["ray_actor_options"]) >= 1, "the Router fits the head"
+    assert pod_capacity(by_group["head"], deployments["Frontend"]["ray_actor_options"]) >= 1, "the Frontend fits the head"
 
 
 def test_replica_bounds_match_the_worker_group_bounds():
@@ -149,11 +149,11 @@ def test_default_threshold_reaches_the_router():
     import inspect
 
     from services.app import AppConfig, build_app
-    from services.router import Router
+    from services.frontend import Frontend
 
     assert AppConfig().default_threshold == 0.02 and AppConfig(default_threshold=1).default_threshold == 1
     router = build_app({"default_threshold": 0.25})._bound_deployment  # bind() only: nothing loads
-    bound = inspect.signature(Router.__init__).bind(None, *router.init_args, **router.init_kwargs)
+    bound = inspect.signature(Frontend.__init__).bind(None, *router.init_args, **router.init_kwargs)
     assert bound.arguments["default_threshold"] == 0.25
 
 
@@ -169,8 +169,8 @@ def test_shadow_prefill_tokens_reaches_the_router():
     import inspect
 
     from services.app import build_app
-    from services.router import Router
+    from services.frontend import Frontend
 
     router = build_app({"shadow_prefill_tokens": 16})._bound_deployment
-    bound = inspect.signature(Router.__init__).bind(None, *router.init_args, **router.init_kwargs)
+    bound = inspect.signature(Frontend.__init__).bind(None, *router.init_args, **router.init_kwargs)
     assert bound.arguments["shadow_prefill_tokens"] == 16

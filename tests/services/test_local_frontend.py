@@ -1,4 +1,4 @@
-"""The front end's behaviour without Ray: Router, RemoteSession and both workers in this process
+"""The front end's behaviour without Ray: Frontend, RemoteSession and both workers in this process
 (services/local.py), reached over real gRPC. Serve-specific behaviour (replicas, the proxy's cancel
 path, metrics export) stays in the other tests of this folder."""
 

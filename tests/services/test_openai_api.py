@@ -269,7 +269,7 @@ def test_an_unreachable_worker_is_503_and_grpc_unavailable():
     from ray.exceptions import ActorDiedError
 
     from services.openai_api import error_status
-    from services.router import _grpc_status, as_unavailable
+    from services.frontend import _grpc_status, as_unavailable
 
     unavailable = as_unavailable(ActorDiedError())
     status, body = error_status(unavailable, None)

@@ -17,7 +17,7 @@ from rstitch_core import Generation, RoutingParams, SamplingParams
 from serving import worker_states
 from services import limits
 from services.grpc_api import cancel_safe
-from services.protocol import parse_request
+from services.request_parsing import parse_request
 
 APP_ARGS = {"max_sessions": 2, "max_concurrent_requests": 3, "router": None}
 PROMPT = "the quick brown fox"

@@ -17,15 +17,15 @@ from typing import AsyncIterator, Callable
 import grpc
 
 from rstitch.v1 import rstitch_pb2 as pb
-from rstitch_core.events import Event, FinishEvent, SwitchEvent, TokenEvent
 from rstitch_core.draft_windows import DraftWindows
+from rstitch_core.events import Event, FinishEvent, SwitchEvent, TokenEvent
 from rstitch_core.models.loading import check_tokenizers, load_tokenizer
 from rstitch_core.policies.cost_aware import CostAwareControl
 from rstitch_core.prompts import check_request, encode_prompt
 from rstitch_core.sequence import Sequence
-from services.metrics import BUSY, CANCELLED, ERROR, INVALID, RequestRecorder, RouterMetrics
-from services.protocol import (NoRouter, ParsedRequest, finish_response, parse_request, switch_response,
-                               tokens_response)
+from services.metrics import BUSY, CANCELLED, ERROR, INVALID, RequestRecorder, FrontendMetrics
+from services.protocol import finish_response, switch_response, tokens_response
+from services.request_parsing import NoRouter, ParsedRequest, parse_request
 from services.session import RemoteSession
 from services.worker import WorkerBusy, resolve_model_source
 
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 
 class ServerBusy(RuntimeError):
-    """This router replica already runs max_concurrent_requests requests, or a worker has no free
+    """This front-end replica already runs max_concurrent_requests requests, or a worker has no free
     session slot (gRPC RESOURCE_EXHAUSTED, HTTP 429). The message is meant for the client."""
 
 
@@ -51,7 +51,7 @@ class Prepared:
     started: float
 
 
-class Router:
+class Frontend:
     """Serve ingress for `rstitch.v1.RStitch` (the method name matches the RPC name) and, through
     `__serve_build_asgi_app__`, for the OpenAI HTTP API."""
 
@@ -69,7 +69,7 @@ class Router:
         self.tokenizer = load_tokenizer(sources["llm"], "llm")
         check_tokenizers(slm_tokenizer, self.tokenizer)  # a mismatched pair never serves a token
         self.model_id = "+".join(_model_name(sources[m]) for m in ("slm", "llm"))  # the pair, as one model
-        self.metrics = RouterMetrics()
+        self.metrics = FrontendMetrics()
         self._pair: dict | None = None
         self._pair_lock = asyncio.Lock()
 
