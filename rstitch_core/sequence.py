@@ -125,8 +125,8 @@ class Sequence:
                 text += self.output.finish()
         return TokenEvent(index, token_id, text, source, entropy)
 
-    def switch(self, direction: Direction, target_cached: int, discarded: int = 0) -> SwitchEvent:
-        """Record a hand-over of the lead; the target, which holds `target_cached` positions, will
+    def switch(self, direction: Direction, num_cached: int, discarded: int = 0) -> SwitchEvent:
+        """Record a hand-over of the lead; the target, whose cache holds `num_cached` positions, will
         partially prefill every token after them. `discarded`: SLM tokens thrown away (rstitch)."""
         if direction == "slm_to_llm":
             self.stats.switches_slm_to_llm += 1
@@ -134,7 +134,7 @@ class Sequence:
             self.stats.switches_llm_to_slm += 1
         self.stats.discarded_tokens += discarded
         self.last_switch = self.num_generated
-        return SwitchEvent(direction, self.num_generated, len(self.token_ids) - target_cached)
+        return SwitchEvent(direction, self.num_generated, len(self.token_ids) - num_cached)
 
     def extend(self, token_ids: Seq[int]) -> None:
         """Append tokens written elsewhere (a worker's mirror of the sequence catching up): the

@@ -5,8 +5,9 @@ path, metrics export) stays in the other tests of this folder."""
 import threading
 import time
 
+import grpc
 import pytest
-from serving import HOLD_PROMPT, LocalFrontend
+from serving import HOLD_PROMPT, HOLD_TOKENS, LocalFrontend
 
 from rstitch_core import Generation, RoutingParams, SamplingParams
 from rstitch_core.costmodel import PassCost
@@ -55,12 +56,13 @@ def test_verified_served_concurrently_equals_llm_only_with_and_without_cost_awar
 
 def test_a_cancelled_stream_frees_its_session_in_both_workers(frontend):
     with RStitchClient(frontend.address, timeout=120) as client:
-        stream = client.generate(HOLD_PROMPT, sampling=SamplingParams(max_new_tokens=400),
+        stream = client.generate(HOLD_PROMPT, sampling=SamplingParams(max_new_tokens=HOLD_TOKENS),
                                  routing=RoutingParams(policy="verified", threshold=0.5, draft_tokens=3))
-        for _, response in zip(range(3), stream):
-            pass
-        assert frontend.sessions() != {"slm": 0, "llm": 0}
+        next(iter(stream))  # running: no policy ends this prompt within HOLD_TOKENS
         stream.cancel()
+        with pytest.raises(grpc.RpcError) as err:
+            list(stream)
+        assert err.value.code() is grpc.StatusCode.CANCELLED
     deadline = time.monotonic() + 60  # a bound for a hung release, not an expected duration
     while frontend.sessions() != {"slm": 0, "llm": 0}:
         assert time.monotonic() < deadline, frontend.sessions()
