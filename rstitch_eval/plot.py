@@ -7,7 +7,7 @@ from pathlib import Path
 # R-Stitch first, so the baselines' markers are drawn on top of its line.
 MARKERS = {"rstitch": ("o", "tab:blue", "R-Stitch"), "llm": ("s", "tab:purple", "LLM only"),
            "slm": ("^", "tab:green", "SLM only"), "speculative": ("D", "tab:orange", "speculative"),
-           "rstitch+": ("*", "tab:red", "R-Stitch+ (router)")}
+           "rstitch+": ("*", "tab:red", "R-Stitch+ (router)"), "verified": ("P", "tab:brown", "verified")}
 
 
 def plot_summary(summary: dict, path: Path, title: str = "GSM8K") -> Path:
@@ -32,9 +32,9 @@ def plot_summary(summary: dict, path: Path, title: str = "GSM8K") -> Path:
         err = [[100 * (r["accuracy"] - r["ci_low"]) for r in group], [100 * (r["ci_high"] - r["accuracy"]) for r in group]]
         ax.errorbar([x(r) for r in group], acc, yerr=err, fmt=marker + ("-" if policy == "rstitch" else ""),
                     color=colour, label=name, capsize=3, markersize=10 if policy == "rstitch+" else 7, linewidth=1.2)
-        if policy in ("rstitch", "rstitch+"):
+        if policy in ("rstitch", "rstitch+", "verified"):
             for r, a in zip(group, acc):
-                ax.annotate(f"τ={r['threshold']:g}", (x(r), a), textcoords="offset points", xytext=(6, 4), fontsize=8)
+                ax.annotate(_point_label(r), (x(r), a), textcoords="offset points", xytext=(6, 4), fontsize=8)
     if has_base:
         ax.axvline(1.0, color="grey", linewidth=0.6, linestyle=":")
     ax.set_xlabel("speedup over LLM-only (same run, common problems)" if has_base else "mean latency per problem (s)")
@@ -48,3 +48,12 @@ def plot_summary(summary: dict, path: Path, title: str = "GSM8K") -> Path:
     fig.savefig(path, format="png")
     plt.close(fig)
     return path
+
+
+def _point_label(row: dict) -> str:
+    """τ, and for verified the acceptance rule read from the configuration's label."""
+    label = f"τ={row['threshold']:g}"
+    if row["policy"] == "verified":
+        relaxed = next((o.split("=")[1] for o in row["config"].split(":") if o.startswith("relaxed=")), None)
+        label += f", relaxed {relaxed}" if relaxed else ", exact"
+    return label

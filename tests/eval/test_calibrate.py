@@ -58,3 +58,15 @@ def test_plot_is_a_png_with_and_without_a_baseline(tmp_path):
     assert path.read_bytes()[:8] == PNG
     lonely = summarize([record(0, "rstitch@0.02", True, 1.0), record(0, "slm", False, 0.5)])
     assert plot_summary(lonely, tmp_path / "b.png").read_bytes()[:8] == PNG
+
+
+def test_verified_points_are_plotted_and_labelled_with_their_rule(tmp_path):
+    from rstitch_eval.plot import _point_label
+
+    exact = {"policy": "verified", "threshold": 0.1, "config": "verified@0.1:k=8"}
+    assert _point_label(exact) == "τ=0.1, exact"
+    assert _point_label({**exact, "config": "verified@0.1:relaxed=0.5:k=8"}) == "τ=0.1, relaxed 0.5"
+    records = [record(0, "llm", True, 4.0)]
+    for label in ("verified@0.1:k=8", "verified@0.1:relaxed=0.3:k=8"):
+        records.append({**record(0, "llm", True, 2.0), "config": label, "policy": "verified", "threshold": 0.1})
+    assert plot_summary(summarize(records), tmp_path / "v.png").read_bytes()[:8] == PNG
