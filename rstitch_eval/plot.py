@@ -33,8 +33,10 @@ def plot_summary(summary: dict, path: Path, title: str = "GSM8K") -> Path:
         ax.errorbar([x(r) for r in group], acc, yerr=err, fmt=marker + ("-" if policy == "rstitch" else ""),
                     color=colour, label=name, capsize=3, markersize=10 if policy == "rstitch+" else 7, linewidth=1.2)
         if policy in ("rstitch", "rstitch+", "verified"):
-            for r, a in zip(group, acc):
-                ax.annotate(_point_label(r), (x(r), a), textcoords="offset points", xytext=(6, 4), fontsize=8)
+            for i, (r, a) in enumerate(zip(group, acc)):
+                # verified's rules share one tau and may land on one spot: stack their labels
+                dy = 4 - 10 * i if policy == "verified" else 4
+                ax.annotate(_point_label(r), (x(r), a), textcoords="offset points", xytext=(6, dy), fontsize=8)
     if has_base:
         ax.axvline(1.0, color="grey", linewidth=0.6, linestyle=":")
     ax.set_xlabel("speedup over LLM-only (same run, common problems)" if has_base else "mean latency per problem (s)")
