@@ -54,8 +54,8 @@ def plot_summary(summary: dict, path: Path, title: str = "GSM8K") -> Path:
 
 def _point_label(row: dict) -> str:
     """τ, and for verified the acceptance rule read from the configuration's label."""
-    label = f"τ={row['threshold']:g}"
+    parts = [] if row.get("threshold") is None else [f"τ={row['threshold']:g}"]
     if row["policy"] == "verified":
         relaxed = next((o.split("=")[1] for o in row["config"].split(":") if o.startswith("relaxed=")), None)
-        label += f", relaxed {relaxed}" if relaxed else ", exact"
-    return label
+        parts.append(f"relaxed {relaxed}" if relaxed else "exact")
+    return ", ".join(parts)

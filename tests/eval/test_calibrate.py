@@ -66,6 +66,7 @@ def test_verified_points_are_plotted_and_labelled_with_their_rule(tmp_path):
     exact = {"policy": "verified", "threshold": 0.1, "config": "verified@0.1:k=8"}
     assert _point_label(exact) == "τ=0.1, exact"
     assert _point_label({**exact, "config": "verified@0.1:relaxed=0.5:k=8"}) == "τ=0.1, relaxed 0.5"
+    assert _point_label({**exact, "threshold": None}) == "exact"  # a projected run may carry no tau
     records = [record(0, "llm", True, 4.0)]
     for label in ("verified@0.1:k=8", "verified@0.1:relaxed=0.3:k=8"):
         records.append({**record(0, "llm", True, 2.0), "config": label, "policy": "verified", "threshold": 0.1})
