@@ -68,15 +68,17 @@ class DraftWindows:
 
     def rate(self, load: int, mode: Mode) -> float | None:
         """Tokens per second the front end streamed in `mode` windows at this load (None: unmeasured)."""
-        total, seconds = self.rates.get((self.bucket(load), mode), (0.0, 0.0))
+        return self._rate(self.bucket(load), mode)
+
+    def _rate(self, bucket: int, mode: Mode) -> float | None:
+        total, seconds = self.rates.get((bucket, mode), (0.0, 0.0))
         return total / seconds if seconds > 0 else None
 
     def _next(self, bucket: int) -> Mode:
-        load = 1 << (bucket - 1)
-        unmeasured = [m for m in MODES if self.rate(load, m) is None]
+        unmeasured = [m for m in MODES if self._rate(bucket, m) is None]
         if unmeasured:
             return unmeasured[0]
-        best = max(MODES, key=lambda m: self.rate(load, m))
+        best = max(MODES, key=lambda m: self._rate(bucket, m))
         self.windows += 1
         if self.windows % (self.explore_every + 1) == 0:
             return "plain" if best == "draft" else "draft"

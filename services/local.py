@@ -15,8 +15,8 @@ from typing import Any
 
 import grpc
 
-from services.grpc_api import add_RStitchServicer_to_server
 from services.frontend import Frontend
+from services.grpc_api import add_RStitchServicer_to_server
 from services.worker import LLMWorker, SLMWorker, WorkerConfig
 
 
