@@ -111,12 +111,14 @@ def worker_totals() -> dict:
 
     states = {n: asyncio.run(probe(n)) for n in ("SLMWorker", "LLMWorker")}
     return {"sessions": sum(s["sessions"] for d in states.values() for s in d.values()),
-            "rss_mb": sum(s["rss_bytes"] for d in states.values() for s in d.values()) / 2**20}
+            "rss_mb": sum(s["rss_bytes"] for d in states.values() for s in d.values()) / 2**20,
+            "freed_at": max((s["freed_at"] or 0.0) for d in states.values() for s in d.values())}
 
 
 def cancel_burst(address: str, size: int, rng: random.Random) -> float:
     """Open `size` streams, read 1-5 messages of each, cancel them all at once; seconds from the
-    cancels to the first look at workers holding no session (60 s at most, else inf)."""
+    cancels to the workers' last release, read once they hold no session (the workers stamp each
+    release, so the probe's own time does not count; 60 s at most, else inf)."""
     from rstitch_core import RoutingParams, SamplingParams
     from services.client import RStitchClient
 
@@ -131,10 +133,10 @@ def cancel_burst(address: str, size: int, rng: random.Random) -> float:
         for t in cancellers:
             t.start()
         gate.wait()
-        cancelled = time.monotonic()
-        while (looked := time.monotonic()) - cancelled < 60:
-            if worker_totals()["sessions"] == 0:
-                return looked - cancelled
+        cancelled = time.time()  # the workers' stamps are time.time() too
+        while time.time() - cancelled < 60:
+            if (totals := worker_totals())["sessions"] == 0:
+                return max(totals["freed_at"] - cancelled, 0.0)
             time.sleep(0.02)
     return float("inf")
 

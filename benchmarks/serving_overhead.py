@@ -21,7 +21,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--slm"), p.add_argument("--llm")
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--dtype", default="auto", help="auto: bfloat16 where this CPU computes it natively, else float32")
     p.add_argument("--policy", default="rstitch")
     p.add_argument("--threshold", type=float, default=0.02)
     p.add_argument("--prompts", type=int, default=4)
@@ -37,9 +37,11 @@ def main() -> int:
     from rstitch_core import Engine, Generation, RoutingParams, SamplingParams
     from rstitch_core.assets import ensure_default_pair
     from services.app import GRPC_SERVICER, build_app
+    from rstitch_core.models.loading import resolve_dtype
     from services.client import RStitchClient
 
     slm, llm = (args.slm, args.llm) if args.slm else map(str, ensure_default_pair())
+    args.dtype = resolve_dtype(args.dtype, "cpu")
     threads = torch.get_num_threads()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

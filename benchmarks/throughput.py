@@ -35,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--slm"), p.add_argument("--llm")
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--dtype", default="auto", help="auto: bfloat16 where this CPU computes it natively, else float32")
     p.add_argument("--levels", default="1,4,8,16", help="concurrency levels (default: %(default)s)")
     p.add_argument("--policies", default="llm,speculative,rstitch,verified",
                    help="comma list of POLICY[:relaxed=R][:k=N][:tau=T]; llm comes first (default: %(default)s)")
@@ -76,9 +76,11 @@ def run(args, levels: list[int]) -> dict:
     from ray.serve.config import gRPCOptions
 
     from rstitch_core.assets import ensure_default_pair
+    from rstitch_core.models.loading import resolve_dtype
     from services.app import GRPC_SERVICER, build_app
 
     slm, llm = (args.slm, args.llm) if args.slm else map(str, ensure_default_pair())
+    args.dtype = resolve_dtype(args.dtype, "cpu")  # recorded with the figures
     profile = serving_profile(args.cost_profile, slm, llm, args.dtype)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,12 +9,29 @@ from rstitch_core import Engine
 from rstitch_core.models.loading import parse_device, parse_dtype, resolve_source
 
 
+DTYPE_CHOICES = ["auto", "float32", "bfloat16", "float16"]
+
+
+def pick_dtype(dtype: str, device: str, quiet: bool = False) -> str:
+    """--dtype, with auto resolved for `device` on this machine and the choice stated."""
+    from rstitch_core.models.loading import resolve_dtype
+
+    chosen = resolve_dtype(dtype, device)
+    if dtype == "auto" and not quiet:
+        why = ("computes bf16 natively" if chosen == "bfloat16" else
+               "emulates bf16 (no AMX/AVX512-BF16), float32 is faster" if chosen == "float32" else "lacks bf16")
+        print(f"dtype: {chosen} (auto: this {'GPU' if device.startswith('cuda') else 'CPU'} {why}; --dtype "
+              "overrides)", file=sys.stderr, flush=True)
+    return chosen
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models (default: the embedded Qwen2.5-Coder 0.5B/1.5B pair)")
     g.add_argument("--slm", metavar="SRC", help="small model: save_pretrained folder, .gguf file or cached HF id")
     g.add_argument("--llm", metavar="SRC", help="large model: same forms as --slm")
-    g.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
-                   help="weights dtype (default: %(default)s)")
+    g.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="weights dtype; auto = bfloat16 where the CPU/GPU computes it natively, else float32 "
+                        "(default: %(default)s)")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
     g.add_argument("--llm-device", metavar="DEV", help="put the LLM on another device (default: --device)")
     g.add_argument("--cost-profile", default="auto", metavar="auto|off|FILE",
@@ -43,6 +60,7 @@ def load_engine(args: argparse.Namespace, quiet: bool = False) -> Engine:
     hf_logging.disable_progress_bar()  # per-shard bars would bury the one line that matters
     slm, llm = model_sources(args, quiet)
     resolve_source(slm, "slm"), resolve_source(llm, "llm")  # fail fast, before the slow part
+    args.dtype = pick_dtype(args.dtype, args.device, quiet)
     parse_dtype(args.dtype), parse_device(args.device), parse_device(args.llm_device or args.device)
     if not quiet:
         print(f"loading slm={slm} llm={llm} ({args.dtype}, {args.device})", file=sys.stderr, flush=True)

@@ -11,6 +11,7 @@ import argparse
 import socket
 import sys
 
+from rstitch_cli.common import DTYPE_CHOICES, pick_dtype
 from rstitch_core import RoutingParams, SamplingParams
 
 
@@ -23,8 +24,15 @@ def add_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=512, help="budget (default: %(default)s)")
     p.add_argument("--slm", metavar="SRC", help="small model (default: the embedded pair)")
     p.add_argument("--llm", metavar="SRC", help="large model")
-    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="auto = bfloat16 where this machine computes it natively, else float32 (default: %(default)s)")
     p.set_defaults(run=run)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _free_port() -> int:
@@ -50,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.problem < len(problems):
         raise ValueError(f"--problem must be in [0, {len(problems) - 1}], got {args.problem}")
     problem = problems[args.problem]
-    app_args = {"dtype": args.dtype, **({"slm": args.slm, "llm": args.llm} if args.slm else {})}
+    app_args = {"dtype": pick_dtype(args.dtype, "cuda" if _has_cuda() else "cpu"), **({"slm": args.slm, "llm": args.llm} if args.slm else {})}
     ensure_models(app_args)
     if routing.cost_aware:  # only speculative/verified use it: the others need not wait for a profile
         resolve_cost_profile(app_args)

@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
     p.add_argument("--llm", metavar="SRC", help="large model: same forms as --slm")
     p.add_argument("--shapes", metavar="SLM,LLM", help="random-weight models of built-in shapes instead "
                    "(qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b): profiles a machine without the weights")
-    p.add_argument("--dtype", default="bfloat16", help="comma list of float32, bfloat16, float16 "
+    p.add_argument("--dtype", default="auto", help="comma list of auto, float32, bfloat16, float16 "
                    "(default: %(default)s); with several, the faster one is recommended")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--out", metavar="FILE", help="write the profile here (with several dtypes: FILE's stem "
@@ -36,15 +36,14 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rstitch_core.models.loading import parse_device, parse_dtype
+    from rstitch_core.models.loading import parse_device, resolve_dtype
     from rstitch_core.profile import choose_dtype
 
-    dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
+    parse_device(args.device)
+    # auto: the dtype generate/serve would pick here
+    dtypes = list(dict.fromkeys(resolve_dtype(d.strip(), args.device) for d in args.dtype.split(",") if d.strip()))
     if not dtypes:
         raise ValueError(f"--dtype must name at least one dtype, got {args.dtype!r}")
-    for dtype in dtypes:
-        parse_dtype(dtype)
-    parse_device(args.device)
     if args.context < 0:
         raise ValueError(f"--context must be >= 0, got {args.context}")
     pair = pair_sources(args)

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 
 import yaml
 
+from rstitch_cli.common import DTYPE_CHOICES, pick_dtype
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="serve the gRPC and OpenAI-compatible HTTP APIs on a local Ray cluster",
@@ -28,7 +30,8 @@ def add_parser(sub) -> None:
                    "(the SLM worker runs it)")
     p.add_argument("--shadow-prefill-tokens", type=int, metavar="N",
                    help="the LLM worker prefills the SLM's tokens in the background once N are unseen (default: 0, off)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default: bfloat16)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, help="weights dtype; auto (the default) = bfloat16 where "
+                   "the workers' CPU/GPU computes it natively, else float32")
     p.add_argument("--cost-profile", metavar="auto|off|FILE",
                    help="pass costs from which speculative/verified requests that leave draft_tokens unset choose "
                    "each draft length: auto (the default) = the profile `rstitch profile` saved for this pair, "
@@ -104,8 +107,6 @@ def resolve_cost_profile(app_args: dict) -> None:
         return
     from argparse import Namespace
 
-    import torch
-
     from rstitch_cli.profile import obtain
     from rstitch_core.assets import ensure_default_pair
     from rstitch_core.profile import default_path
@@ -113,17 +114,25 @@ def resolve_cost_profile(app_args: dict) -> None:
 
     cfg = AppConfig.from_args(app_args)
     slm, llm = (cfg.slm, cfg.llm) if cfg.slm else map(str, ensure_default_pair(progress=False))
-    device = cfg.llm_device if cfg.llm_device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
-    profile = obtain(Namespace(device=device, force=False), (slm, llm, False), cfg.dtype, None)
+    profile = obtain(Namespace(device=worker_device(cfg), force=False), (slm, llm, False), cfg.dtype, None)
     app_args["cost_profile"] = str(default_path(profile.key))
     print(f"rstitch: cost profile {app_args['cost_profile']}", file=sys.stderr, flush=True)
+
+
+def worker_device(cfg) -> str:
+    """The LLM worker's device type on this machine (its "auto": a GPU if Ray gives it one)."""
+    import torch
+
+    return cfg.llm_device if cfg.llm_device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def ensure_models(app_args: dict) -> None:
     """Validate the app args; assemble the default pair here (with a progress bar) if it is used."""
     from services.app import AppConfig
 
-    AppConfig.from_args(app_args)  # bad args fail here, before Ray starts
+    cfg = AppConfig.from_args(app_args)  # bad args fail here, before Ray starts
+    if cfg.dtype == "auto":  # resolved here, where the profile is keyed and the choice is stated
+        app_args["dtype"] = pick_dtype("auto", worker_device(cfg))
     if app_args.get("slm") is None:
         from rstitch_core.assets import INSTALL_HINT, ensure_default_pair, is_default_pair_installed
 

@@ -32,7 +32,7 @@ class AppConfig:
 
     slm: str | None = None
     llm: str | None = None
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # auto: bfloat16 where the worker's CPU/GPU computes it natively, else float32
     slm_device: str = "auto"
     llm_device: str = "auto"
     slm_num_gpus: float = 0.0  # fractional values let both workers share one GPU

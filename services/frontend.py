@@ -26,7 +26,7 @@ from rstitch_core.sequence import Sequence
 from services.metrics import BUSY, CANCELLED, ERROR, INVALID, RequestRecorder, FrontendMetrics
 from services.protocol import finish_response, switch_response, tokens_response
 from services.request_parsing import NoRouter, ParsedRequest, parse_request
-from services.session import RemoteSession
+from services.session import Releases, RemoteSession
 from services.worker import WorkerBusy, resolve_model_source
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class Frontend:
     def __init__(self, slm, llm, slm_source: str | None, llm_source: str | None, default_threshold: float = 0.02,
                  max_concurrent_requests: int = 64, shadow_prefill_tokens: int = 0, cost_profile: str | None = None):
         self.handles = {"slm": slm, "llm": llm}
+        self.releases = Releases(self.handles)
         self.default_threshold = default_threshold  # tau when a request leaves routing.threshold unset
         self.max_concurrent_requests = max_concurrent_requests
         self.active_requests = 0
@@ -129,7 +130,7 @@ class Frontend:
         seq = Sequence.create(prepared.prompt_ids, req.sampling, self.tokenizer, pair["eos_token_ids"],
                               pair["max_context"])
         session = RemoteSession(f"{req.request_id}-{uuid.uuid4().hex[:8]}", seq, req.routing, self.handles,
-                                self.shadow_prefill_tokens)
+                                self.releases, self.shadow_prefill_tokens)
         if self.cost_profile is not None and req.routing.cost_aware:
             session.control = CostAwareControl(self.cost_profile, batch_rows=lambda: session.llm_batch_rows,
                                                windows=self.draft_windows, load=lambda: self.active_requests)

@@ -40,8 +40,9 @@ class RemoteSession:
     """Drives one sequence with its routing params across the SLM and LLM deployment handles."""
 
     def __init__(self, session_id: str, seq: Sequence, routing, handles: dict[Source, object],
-                 shadow_prefill_tokens: int = 0, control: DraftControl | None = None):
-        """`shadow_prefill_tokens` > 0: while the SLM holds the turn, ask the LLM worker to prefill
+                 releases: Releases, shadow_prefill_tokens: int = 0, control: DraftControl | None = None):
+        """`releases` frees the session in the workers when the request ends.
+        `shadow_prefill_tokens` > 0: while the SLM holds the turn, ask the LLM worker to prefill
         the SLM's tokens in the background once that many are unseen by it (0: never).
         `control`: the request's cost-aware draft control, if any."""
         self.session_id = session_id
@@ -52,6 +53,8 @@ class RemoteSession:
         self.handles = {m: h.options(session_id=session_id) for m, h in handles.items()}
         self.num_cached: dict[Source, int] = {"slm": 0, "llm": 0}  # cached positions known to match
         self.called: set[Source] = set()
+        self.replicas: dict[Source, str] = {}  # the worker replica that answered each model's calls
+        self.releases = releases
         sampler = Sampler(seq.sampling)
         self.rng_state = None if sampler.greedy else sampler.get_state()
         self.shadow_prefill_tokens = shadow_prefill_tokens if routing.policy.stitches else 0
@@ -118,6 +121,7 @@ class RemoteSession:
             return
         # Only the cache position and the work done: the sampler state belongs to the turn in progress.
         self.num_cached["llm"] = reply["num_cached"]
+        self.replicas["llm"] = reply["replica"]
         self._add_stats("llm", reply["stats"])
 
     async def _settle_shadow_prefill(self) -> None:
@@ -142,6 +146,7 @@ class RemoteSession:
     def _finish_call(self, model: Source, end: dict) -> None:
         """Fold a worker's end-of-call report into the request."""
         self.num_cached[model] = end["num_cached"]
+        self.replicas[model] = end["replica"]
         if model == "llm":
             self.llm_batch_rows = end["batch_rows"]
         self.rng_state = end["rng_state"] if end["rng_state"] is not None else self.rng_state
@@ -162,23 +167,46 @@ class RemoteSession:
         await asyncio.sleep(RETRY_BACKOFF_S * 2 ** attempt)
 
     def release(self) -> None:
-        """Free the session in both workers, even when the request was cancelled (fire and forget).
-
-        The calls run in an empty context: Serve cancels every call made in a cancelled request's
-        context, which would cancel exactly these releases when a client goes away."""
+        """Free the session in every worker it called, even when the request was cancelled."""
         self.cancel_shadow_prefill()
+        self.releases.add(self.session_id, {m: self.replicas.get(m) for m in self.called})
+
+
+class Releases:
+    """Frees ended requests' sessions in the workers, fire and forget. Every release asked for in one
+    turn of the event loop goes out as one call per worker replica: a burst of 30 cancels is then a
+    few calls, not 60 that Serve routes one by one while the workers' passes hold their event loops
+    (docs/results.md, "Disconnects"). The busier the loop, the bigger the batches."""
+
+    def __init__(self, handles: dict[Source, object]):
+        self.handles = handles
+        self.pending: dict[tuple[Source, str], list[str]] = {}
+        self.tasks: set[asyncio.Task] = set()  # keeps release calls alive until they finish
+
+    def add(self, session_id: str, replicas: dict[Source, str | None]) -> None:
+        """Queue `session_id`'s release in each model's worker: `replicas` maps the models it
+        called to the replica that answered (None: no call has answered yet)."""
+        if not self.pending:
+            # An empty context: Serve cancels every call made in a cancelled request's context,
+            # which would cancel exactly these releases when a client goes away.
+            asyncio.get_running_loop().call_soon(self.flush, context=contextvars.Context())
+        for model, replica in replicas.items():
+            # Consistent hashing sends a call to its first session's replica: group by replica,
+            # and a session whose replica is unknown gets a call of its own.
+            self.pending.setdefault((model, replica or f"session:{session_id}"), []).append(session_id)
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, {}
         loop = asyncio.get_running_loop()
-        for handle in self.handles.values():
-            task = loop.create_task(_release(handle, self.session_id), context=contextvars.Context())
-            _PENDING.add(task)
-            task.add_done_callback(_PENDING.discard)
+        for (model, _), session_ids in pending.items():
+            handle = self.handles[model].options(session_id=session_ids[0])
+            task = loop.create_task(_release(handle, session_ids), context=contextvars.Context())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
 
 
-_PENDING: set[asyncio.Future] = set()  # keeps release tasks alive until they finish
-
-
-async def _release(handle, session_id: str) -> None:
+async def _release(handle, session_ids: list[str]) -> None:
     try:
-        await handle.release.remote(session_id)
+        await handle.release.remote(session_ids)
     except Exception as err:  # noqa: BLE001 - a dead replica holds nothing to free
-        logger.info("release of %s failed: %s", session_id, err)
+        logger.info("release of %s failed: %s", session_ids, err)

@@ -6,6 +6,7 @@ this store and the core, and the store is tested on its own (tests/services/test
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -80,6 +81,7 @@ class SessionStore:
     sessions: OrderedDict[str, Session] = field(default_factory=OrderedDict)  # least recently used first
     released: OrderedDict[str, None] = field(default_factory=OrderedDict)
     counters: StoreCounters = field(default_factory=StoreCounters)
+    freed_at: float | None = None  # time.time() of the last release that freed a held session
 
     def checkout(self, call: TurnCall) -> tuple[Session, bool]:
         """The call's session, busy and brought in line with call.token_ids; created or rebuilt if
@@ -128,6 +130,7 @@ class SessionStore:
         session = self.sessions.pop(session_id, None)
         if session is not None:
             free(session)
+            self.freed_at = time.time()
         self._changed()
         return session is not None
 

@@ -37,7 +37,7 @@ class WorkerConfig:
     """How a worker loads its model and bounds its memory."""
 
     source: str | None  # None: the embedded default pair's model for this role
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # resolved on the worker's node (rstitch_core.models.loading.resolve_dtype)
     device: str = "auto"  # "auto": the GPU Ray assigned this replica, else the CPU
     max_sessions: int = 64
     max_cached_tokens: int = 262_144
@@ -92,6 +92,7 @@ class ModelWorker:
         self.store = SessionStore(self.role, config.max_sessions, config.max_cached_tokens, self._new_session,
                                   on_change=self.metrics.state, on_evict=self.metrics.evicted)
         self.shadow_counters = ShadowCounters()
+        self.replica = _replica_id() or "local"  # reported with each call: the front end batches releases by it
         # Forward passes block; running them off the event loop keeps streams, cancellations
         # and other sessions' calls flowing while a pass runs.
         threads = config.max_sessions if why_not is None else 1
@@ -109,8 +110,8 @@ class ModelWorker:
         "entropy"} and finish with {"end": True, "result": Drafted | Verdict, ...} (see _end)."""
         session, rebuilt = self.store.checkout(call)
         try:
-            gate = self.router if call.routing.policy is Policy.RSTITCH_PLUS else None
-            phase = run_phase(call.op, session.seq, session.state, session.sampler, gate)
+            router = self.router if call.routing.policy is Policy.RSTITCH_PLUS else None
+            phase = run_phase(call.op, session.seq, session.state, session.sampler, router)
             # Serve does not cancel this call when the front end's request is cancelled: once the
             # session is released (its request is over) stop decoding for it at the next pass.
             while not self.store.is_released(call.session_id):
@@ -120,6 +121,9 @@ class ModelWorker:
                     yield {**self._end(session, rebuilt), "result": value}
                     return
                 yield {"token": value.token_id, "source": value.source, "entropy": value.entropy}
+        except asyncio.CancelledError:
+            self._cancelled(call)
+            raise
         finally:
             self.store.checkin(session)
 
@@ -140,12 +144,22 @@ class ModelWorker:
             result = await self._in_thread(session, work, session)
             session.state.idle()
             return {**self._end(session, rebuilt), key: result}
+        except asyncio.CancelledError:
+            self._cancelled(call)
+            raise
         finally:
             self.store.checkin(session)
 
-    async def release(self, session_id: str) -> bool:
-        """Free a session's cache (request finished, failed or cancelled). True if it was held."""
-        return self.store.release(session_id)
+    def _cancelled(self, call: TurnCall) -> None:
+        """Serve cancels a worker call only when its request is over (the client went away, a
+        deadline passed, the front end failed): free the session now instead of waiting for the
+        front end's release call, which Serve routes behind every other call in a burst."""
+        self.store.release(call.session_id)
+
+    async def release(self, session_ids: list[str]) -> int:
+        """Free these sessions' caches (their requests finished, failed or were cancelled); returns
+        how many were held."""
+        return sum(self.store.release(session_id) for session_id in session_ids)
 
     async def evict(self, session_id: str) -> bool:
         """Drop a session's cache as LRU eviction would (its request may go on: the next call
@@ -157,8 +171,9 @@ class ModelWorker:
         import psutil  # installed with accelerate/ray
 
         store = self.store
-        return {"role": self.role, "replica": _replica_id(), "sessions": len(store.sessions),
+        return {"role": self.role, "replica": self.replica, "sessions": len(store.sessions),
                 "cached_tokens": store.cached_tokens, "session_ids": list(store.sessions),
+                "freed_at": store.freed_at,
                 "rss_bytes": psutil.Process().memory_info().rss, **asdict(store.counters),
                 **asdict(self.shadow_counters),
                 "batching": asdict(self.runner.stats) if isinstance(self.runner, BatchedRunner) else None,
@@ -173,6 +188,7 @@ class ModelWorker:
     def _end(self, session: Session, rebuilt: bool) -> dict:
         self.metrics.call(session.state.stats.prefill_tokens, rebuilt)
         return {"end": True, "num_cached": session.state.num_cached, "batch_rows": self._batch_rows(),
+                "replica": self.replica,
                 "stats": asdict(session.state.stats), "rebuilt": rebuilt,
                 "rng_state": None if session.sampler.greedy else session.sampler.get_state()}
 

@@ -20,6 +20,34 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     raise ValueError(f"unknown dtype {dtype!r}; accepted: {', '.join(DTYPES)}")
 
 
+def resolve_dtype(dtype: str, device: str | torch.device = "cpu", cpu_flags: frozenset[str] | None = None) -> str:
+    """`dtype`, or for "auto" the one this device computes natively: bfloat16 on a GPU that
+    supports it (else float16) and on a CPU with AMX or AVX512-BF16, else float32. On a CPU
+    without them bf16 is emulated: a multi-token pass costs 3-4 decode steps and a prompt prefill
+    ~8x float32's (docs/results.md), so float32 is faster there. `cpu_flags`: /proc/cpuinfo's."""
+    if dtype != "auto":
+        parse_dtype(dtype)
+        return dtype
+    dev = parse_device(device)
+    if dev.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    flags = cpu_flags if cpu_flags is not None else _cpu_flags()
+    return "bfloat16" if flags & NATIVE_BF16_FLAGS else "float32"
+
+
+NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+
+
+def _cpu_flags() -> frozenset[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:  # not Linux: no flags known, the safe choice
+        pass
+    return frozenset()
+
+
 def parse_device(device: str | torch.device) -> torch.device:
     """'cpu', 'cuda' or 'cuda:N'; CUDA must be present and N in range."""
     try:
@@ -72,6 +100,7 @@ def load_model(source: str, dtype: str | torch.dtype = "float32", device: str | 
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
     torch_dtype, dev = parse_dtype(dtype), parse_device(device)
     folder, kwargs = resolve_source(source, name)
     try:

@@ -152,7 +152,7 @@ class Steps:
 
 
 def run_local(seq: Sequence, slm: ModelState, llm: ModelState, routing: RoutingParams, sampler: Sampler,
-              gate: SwitchRouter | None = None, control: DraftControl | None = None) -> Iterator[Event]:
+              router: SwitchRouter | None = None, control: DraftControl | None = None) -> Iterator[Event]:
     """Drive `decode` in-process: each op runs on this process's model; yields the request's events."""
     states = {"slm": slm, "llm": llm}
     steps = Steps(decode(seq, routing, control))
@@ -164,6 +164,6 @@ def run_local(seq: Sequence, slm: ModelState, llm: ModelState, routing: RoutingP
             yield seq.switch(step.direction, states[step.target].num_cached, step.discarded)
         else:
             state = states[step.model]
-            steps.result = yield from run_phase(step, seq, state, sampler, gate)
+            steps.result = yield from run_phase(step, seq, state, sampler, router)
             state.idle()  # a batched runner stops waiting for this sequence
     yield seq.finish()

@@ -30,7 +30,7 @@ class DraftOp:
     """Ask the SLM for up to `num` tokens past the end of the sequence.
 
     trusted (rstitch, slm): tokens are kept as they are drafted, until one's entropy exceeds
-    `stop_above` (and the R-Stitch+ gate, if any, agrees): that one is discarded and the SLM hands
+    `stop_above` (and the R-Stitch+ router, if any, agrees): that one is discarded and the SLM hands
     over. Otherwise (speculative, verified) tokens are provisional and drafting stops after the
     first one above `stop_above`, which is kept as the last draft: the LLM may well accept it.
     """
@@ -76,7 +76,7 @@ Result = Drafted | Verdict
 
 
 def draft_phase(seq: Sequence, slm: ModelState, sampler: Sampler, op: DraftOp,
-                gate: SwitchRouter | None = None) -> Generator[TokenEvent, None, Drafted]:
+                router: SwitchRouter | None = None) -> Generator[TokenEvent, None, Drafted]:
     """SLM steps from the end of `seq`; the first pass partially prefills what the SLM has not seen."""
     tokens: list[int] = []
     entropies: list[float] = []
@@ -84,12 +84,12 @@ def draft_phase(seq: Sequence, slm: ModelState, sampler: Sampler, op: DraftOp,
     for i in range(op.num):
         if not seq.running:
             break
-        out = slm.step(seq.token_ids + tokens, turn_start=i == 0, hidden=gate is not None)
+        out = slm.step(seq.token_ids + tokens, turn_start=i == 0, hidden=router is not None)
         logits = out.logits[-1]  # [V]
         entropy = float(normalized_entropy(logits))
         if op.trusted:
             token = sampler.sample(logits)
-            if entropy > op.stop_above and (gate is None or gate(RouterInput(
+            if entropy > op.stop_above and (router is None or router(RouterInput(
                     out.hidden, len(seq.token_ids), seq.num_generated, entropy,
                     seq.num_generated - seq.last_switch))):
                 return Drafted(Draft(), handoff=True)  # never fed to the SLM: no rollback needed
@@ -131,8 +131,8 @@ def verify_phase(seq: Sequence, llm: ModelState, sampler: Sampler,
 
 
 def run_phase(op: Op, seq: Sequence, state: ModelState, sampler: Sampler,
-              gate: SwitchRouter | None = None) -> Generator[TokenEvent, None, Result]:
+              router: SwitchRouter | None = None) -> Generator[TokenEvent, None, Result]:
     """The phase `op` asks for, on `state` (the model op.model names)."""
     if isinstance(op, DraftOp):
-        return (yield from draft_phase(seq, state, sampler, op, gate))
+        return (yield from draft_phase(seq, state, sampler, op, router))
     return (yield from verify_phase(seq, state, sampler, op))

@@ -22,7 +22,7 @@ def test_flags_override_the_config():
     args, port = app_settings(ns(config=str(CONFIG), slm="a", llm="b", llm_replicas=3, port=9100))
     assert (args["slm"], args["llm"], args["llm_replicas"], port) == ("a", "b", 3, 9100)
     args, port = app_settings(ns(config=str(CONFIG)))
-    assert port == 9000 and args["dtype"] == "bfloat16" and "slm" not in args
+    assert port == 9000 and args["dtype"] == "auto" and "slm" not in args
     assert args["shadow_prefill_tokens"] == 0
     args, _ = app_settings(ns(config=str(CONFIG), shadow_prefill_tokens=16))
     assert args["shadow_prefill_tokens"] == 16

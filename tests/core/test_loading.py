@@ -4,7 +4,7 @@ import pytest
 
 from tiny_models import build_tokenizer
 from rstitch_core import check_pair, load_model
-from rstitch_core.models.loading import parse_device, parse_dtype
+from rstitch_core.models.loading import parse_device, parse_dtype, resolve_dtype
 
 
 def test_folder_loads_with_dtype_and_metadata(pair_dirs):
@@ -70,3 +70,19 @@ def test_dtype_and_device_validation():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             parse_device("cuda:0")
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ({"avx2", "fma"}, "float32"),  # AMD EPYC Zen 3: bf16 emulated, float32 is faster
+    ({"avx2", "avx512f", "avx512_bf16"}, "bfloat16"),
+    ({"avx2", "amx_tile", "amx_bf16"}, "bfloat16"),
+    (set(), "float32"),  # flags unknown: the choice that is never emulated
+])
+def test_auto_dtype_is_bfloat16_only_where_the_cpu_computes_it_natively(flags, expected):
+    assert resolve_dtype("auto", "cpu", cpu_flags=frozenset(flags)) == expected
+
+
+def test_an_explicit_dtype_is_kept_and_a_bad_one_named():
+    assert resolve_dtype("bfloat16", "cpu", cpu_flags=frozenset()) == "bfloat16"
+    with pytest.raises(ValueError, match="unknown dtype 'bf17'"):
+        resolve_dtype("bf17", "cpu")

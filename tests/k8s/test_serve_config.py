@@ -69,7 +69,7 @@ def test_both_configs_serve_the_same_app_on_the_same_ports():
 
 def test_model_pair_dtype_and_tau_are_serve_args():
     (app,) = configs()["serveConfigV2"]["applications"]
-    assert app["args"]["dtype"] == "bfloat16" and 0 <= app["args"]["default_threshold"] <= 1
+    assert app["args"]["dtype"] == "auto" and 0 <= app["args"]["default_threshold"] <= 1
     # No slm/llm: the default pair baked into the image (deploy/Dockerfile) serves.
     assert "slm" not in app["args"] and "llm" not in app["args"]
     assert built_deployments({**app["args"], "slm": "/models/slm", "llm": "/models/llm"}).keys() == {

@@ -1,10 +1,8 @@
-"""A burst of clients going away at once: every session is freed in both workers.
+"""A burst of clients going away at once: every session is freed in both workers within a second.
 
-The target is one second; on the 2-core AMD EPYC of docs/results.md 30 simultaneous cancels free
-everything in 0.9-2.5 s (Serve routes the 60 release calls one by one while the workers finish the
-passes in flight), so this test bounds the release at BURST_LIMIT_S: it catches the 4-10 s
-releases of the proxy bug (ray-project/ray#42665) it guards against, not the 1 s target, which is
-reported as missed.
+It guards against the 4-10 s releases of Ray Serve's proxy bug (ray-project/ray#42665, worked around
+in services/grpc_api.py) and against release calls queued behind a burst (a worker frees a session
+as soon as Serve cancels its call). Measured release times are in docs/results.md.
 
 RSTITCH_BURST_RUNS=20 repeats the burst 20 times on one service (the issue's "20 runs in a row").
 """
@@ -24,7 +22,7 @@ from serving import worker_states
 BURST = 30
 APP_ARGS = {"max_sessions": BURST + 2, "max_concurrent_requests": BURST + 2, "router": None}
 RUNS = int(os.environ.get("RSTITCH_BURST_RUNS", "1"))
-BURST_LIMIT_S = 4.0
+BURST_LIMIT_S = 1.0
 # Neither tiny model ends this prompt early: every stream holds its session until cancelled.
 HOLD_PROMPT = "hold this session"
 LONG = SamplingParams(max_new_tokens=480)
@@ -34,14 +32,16 @@ def held() -> dict[str, int]:
     return {d: sum(s["sessions"] for s in worker_states(d).values()) for d in ("SLMWorker", "LLMWorker")}
 
 
-def freed_after(since: float, limit_s: float) -> float:
-    """Seconds from `since` to the first look (begun within `limit_s`) at workers holding no
-    session; AssertionError with what they still hold otherwise."""
-    while (looked := time.monotonic()) - since <= limit_s:
-        if not any(held().values()):
-            return looked - since
-        time.sleep(0.02)
-    raise AssertionError(f"still held {limit_s}s after the cancels: {held()}")
+def freed_after(since: float) -> float:
+    """Seconds from `since` (time.time()) to the workers' last release of a session, read once they
+    hold none: the workers stamp each release, so a slow probe does not stretch the figure."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        states = [s for d in ("SLMWorker", "LLMWorker") for s in worker_states(d).values()]
+        if not any(s["sessions"] for s in states):
+            return max(s["freed_at"] or since for s in states) - since
+        time.sleep(0.05)
+    raise AssertionError(f"still held a minute after the cancels: {held()}")
 
 
 @pytest.mark.parametrize("run", range(RUNS))
@@ -59,7 +59,9 @@ def test_a_burst_of_cancels_frees_every_session_in_both_workers(client, run):
     for t in cancellers:
         t.start()
     gate.wait()
-    cancelled = time.monotonic()
+    cancelled = time.time()  # the workers stamp their releases with time.time() too
     for t in cancellers:
         t.join()
-    assert freed_after(cancelled, BURST_LIMIT_S) <= BURST_LIMIT_S
+    took = freed_after(cancelled)
+    print(f"burst {run}: every session freed {took:.2f} s after the cancels")
+    assert took <= BURST_LIMIT_S, f"the last session was freed {took:.2f} s after the cancels"

@@ -1,0 +1,41 @@
+"""A worker driven directly, without Ray or a front end: what it does when its call is cancelled."""
+
+import asyncio
+
+import pytest
+
+from rstitch_core import RoutingParams, SamplingParams
+from rstitch_core.policies.acceptance import Draft
+from rstitch_core.policies.phases import VerifyOp
+from serving import HOLD_PROMPT, HOLD_TOKENS
+from services.worker import LLMWorker, SessionReleased, TurnCall, WorkerConfig
+
+
+def test_a_cancelled_call_frees_its_session_without_a_release_call(pair_dirs):
+    worker = LLMWorker(WorkerConfig(str(pair_dirs[1]), dtype="float32", device="cpu"))
+    sampling = SamplingParams(max_new_tokens=HOLD_TOKENS)
+    prompt = worker.runner.tokenizer(HOLD_PROMPT)["input_ids"]
+    # An empty draft decoding alone while its entropy stays above 0: the call outlasts the test.
+    call = TurnCall("s1", prompt, len(prompt), 0, sampling, RoutingParams(policy="llm"), worker.runner.max_context,
+                    frozenset(), op=VerifyOp(Draft(), decode_while_above=0.0))
+
+    async def cancel_after_first_token():
+        first = asyncio.Event()
+
+        async def consume():
+            async for item in worker.run(call):
+                assert "token" in item, item  # still decoding when it is cancelled
+                first.set()
+
+        task = asyncio.create_task(consume())
+        await first.wait()
+        assert "s1" in (await worker.state())["session_ids"]
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return await worker.state()
+
+    state = asyncio.run(cancel_after_first_token())
+    assert state["sessions"] == 0 and state["cached_tokens"] == 0
+    # The request is over: a call that was already on its way cannot bring the session back.
+    with pytest.raises(SessionReleased):
+        asyncio.run(anext(worker.run(call)))
