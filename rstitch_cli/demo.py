@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="one GSM8K problem through the served system (the main job)",
                        description=__doc__.splitlines()[0])
     p.add_argument("--problem", type=int, default=0, help="GSM8K test problem id, 0-1318 (default: %(default)s)")
-    p.add_argument("--policy", default="rstitch", help="rstitch | llm | slm | speculative | verified (default: %(default)s)")
+    p.add_argument("--policy", default=RoutingParams.policy.value,
+                   help="verified | rstitch | llm | slm | speculative (default: %(default)s)")
     p.add_argument("--threshold", type=float, default=RoutingParams.threshold, help="tau (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=512, help="budget (default: %(default)s)")
     p.add_argument("--slm", metavar="SRC", help="small model (default: the embedded pair)")

@@ -36,7 +36,7 @@ def add_prompt_args(p: argparse.ArgumentParser) -> None:
 
 def add_request_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("routing and sampling")
-    g.add_argument("--policy", default="rstitch",
+    g.add_argument("--policy", default=RoutingParams.policy.value,
                    help="rstitch | rstitch+ | llm | slm | speculative | verified (default: %(default)s)")
     g.add_argument("--threshold", type=float, help=f"entropy threshold tau in [0, 1] (default: "
                    f"{RoutingParams.threshold}; rstitch+ runs at its router's tau)")

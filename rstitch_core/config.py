@@ -112,7 +112,9 @@ class RoutingParams:
     the relaxed rule only: 1 keeps only the LLM's top token (as exact, greedy), 0 keeps every draft.
     """
 
-    policy: Policy = Policy.RSTITCH
+    # verified by default: the LLM's own output (exact acceptance), drafting only where a cost
+    # profile says drafts pay; rstitch, the paper's loop, trades accuracy for speed.
+    policy: Policy = Policy.VERIFIED
     threshold: float = 0.02
     draft_tokens: int | None = None
     acceptance: Acceptance = Acceptance.EXACT

@@ -18,7 +18,7 @@ from rstitch_core.events import (Event, FinishEvent, FinishReason, GenerationSta
 from rstitch_core.generation import Generation
 from rstitch_core.prompts import validate_messages
 
-POLICIES = {pb.POLICY_UNSPECIFIED: Policy.RSTITCH, pb.POLICY_RSTITCH: Policy.RSTITCH,
+POLICIES = {pb.POLICY_UNSPECIFIED: RoutingParams.policy, pb.POLICY_RSTITCH: Policy.RSTITCH,
             pb.POLICY_LLM: Policy.LLM, pb.POLICY_SLM: Policy.SLM, pb.POLICY_SPECULATIVE: Policy.SPECULATIVE,
             pb.POLICY_RSTITCH_PLUS: Policy.RSTITCH_PLUS, pb.POLICY_VERIFIED: Policy.VERIFIED}
 POLICY_ENUMS = {policy: number for number, policy in POLICIES.items() if number != pb.POLICY_UNSPECIFIED}

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Tests never read or write the user's cache: a cost profile saved there would change what
+# `--cost-profile auto` does (tests that need a cache set their own).
+os.environ["RSTITCH_CACHE"] = tempfile.mkdtemp(prefix="rstitch-test-cache-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))
 

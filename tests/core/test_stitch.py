@@ -72,7 +72,7 @@ def test_caches_equal_a_fresh_prefill_after_every_switch_and_nothing_is_fed_twic
                           engine.max_context)
     slm, llm = ModelState("slm", engine.slm, seq.stats.slm), ModelState("llm", engine.llm, seq.stats.llm)
     switches = 0
-    for event in run_local(seq, slm, llm, RoutingParams(threshold=0.5), Sampler(SamplingParams())):
+    for event in run_local(seq, slm, llm, RoutingParams(policy="rstitch", threshold=0.5), Sampler(SamplingParams())):
         if isinstance(event, SwitchEvent):
             switches += 1
             target = llm if event.direction == "slm_to_llm" else slm
@@ -89,7 +89,7 @@ def test_caches_equal_a_fresh_prefill_after_every_switch_and_nothing_is_fed_twic
 
 def test_switch_events_and_stats_agree(engine):
     events = list(engine.generate(PROMPT, sampling=SamplingParams(max_new_tokens=N),
-                                  routing=RoutingParams(threshold=0.5)))
+                                  routing=RoutingParams(policy="rstitch", threshold=0.5)))
     tokens = [e for e in events if isinstance(e, TokenEvent)]
     switches = [e for e in events if isinstance(e, SwitchEvent)]
     stats = events[-1].stats

@@ -141,11 +141,12 @@ def test_serve_run_of_the_deploy_config_streams_a_generation(served):
     tokens = [t for r in responses if r.HasField("tokens") for t in r.tokens.sources]
     assert len(tokens) == responses[-1].finish.usage.generated_tokens > 0
     assert set(tokens) == {pb.MODEL_LLM}
-    # No threshold in the request: the Serve arg default_threshold (1.0 here) applies, so the SLM,
-    # whose entropy never exceeds 1, keeps every token.
+    # No threshold in the request: the Serve arg default_threshold (1.0 here) applies, so under
+    # rstitch the SLM, whose entropy never exceeds 1, keeps every token.
     with grpc.insecure_channel(address) as channel:
         stub = rstitch_pb2_grpc.RStitchStub(channel)
-        request = pb.GenerateRequest(prompt="The quick brown fox", sampling=pb.SamplingParams(max_new_tokens=12))
+        request = pb.GenerateRequest(prompt="The quick brown fox", sampling=pb.SamplingParams(max_new_tokens=12),
+                                     routing=pb.RoutingParams(policy=pb.POLICY_RSTITCH))
         responses = list(stub.Generate(request, timeout=60))
     sources = [s for r in responses if r.HasField("tokens") for s in r.tokens.sources]
     assert responses[-1].HasField("finish") and sources and set(sources) == {pb.MODEL_SLM}

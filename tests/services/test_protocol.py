@@ -68,7 +68,8 @@ def test_every_bad_field_is_named_by_its_path(req, message):
     assert str(err.value).startswith(message)
 
 
-@pytest.mark.parametrize("enum, policy", [(pb.POLICY_UNSPECIFIED, Policy.RSTITCH), (pb.POLICY_LLM, Policy.LLM),
+@pytest.mark.parametrize("enum, policy", [(pb.POLICY_UNSPECIFIED, Policy.VERIFIED), (pb.POLICY_RSTITCH, Policy.RSTITCH),
+                                          (pb.POLICY_LLM, Policy.LLM),
                                           (pb.POLICY_SLM, Policy.SLM), (pb.POLICY_SPECULATIVE, Policy.SPECULATIVE)])
 def test_policy_enum(enum, policy):
     assert parse_request(request(routing=pb.RoutingParams(policy=enum))).routing.policy is policy
@@ -109,7 +110,7 @@ def test_build_request_sets_every_optional_field_and_checks_its_input():
     req = build_request("p", sampling=SamplingParams(seed=1))
     assert all(req.sampling.HasField(f) for f in ("max_new_tokens", "temperature", "top_p", "top_k", "seed"))
     assert req.routing.HasField("threshold") and not req.routing.HasField("draft_tokens")  # policy default
-    assert req.routing.policy == pb.POLICY_RSTITCH
+    assert req.routing.policy == pb.POLICY_VERIFIED
     relaxed = build_request("p", routing=RoutingParams("verified", draft_tokens=3, acceptance="relaxed",
                                                        relaxed_ratio=0.25)).routing
     assert (relaxed.policy, relaxed.draft_tokens, relaxed.acceptance) == (pb.POLICY_VERIFIED, 3, pb.ACCEPTANCE_RELAXED)
@@ -149,7 +150,7 @@ def responses_for(events, tokens_per_message):
 ])
 def test_responses_collect_into_the_cores_own_result(engine, grouping):
     events = list(engine.generate("the quick brown", sampling=SamplingParams(max_new_tokens=24, stop=("zz",)),
-                                  routing=RoutingParams(threshold=0.6)))
+                                  routing=RoutingParams(policy="rstitch", threshold=0.6)))
     expected = Generation.collect(iter(events))
     assert expected.switches and {"slm", "llm"} <= set(expected.sources)  # switches are exercised
     result = collect_responses(responses_for(events, grouping))
