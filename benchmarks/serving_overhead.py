@@ -21,7 +21,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--slm"), p.add_argument("--llm")
-    p.add_argument("--dtype", default="auto", help="auto: bfloat16 where this CPU computes it natively, else float32")
+    p.add_argument("--dtype", default="auto", help="auto: bfloat16 (float16 on a GPU without it)")
     p.add_argument("--policy", default="rstitch")
     p.add_argument("--threshold", type=float, default=0.02)
     p.add_argument("--prompts", type=int, default=4)

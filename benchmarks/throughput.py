@@ -35,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--slm"), p.add_argument("--llm")
-    p.add_argument("--dtype", default="auto", help="auto: bfloat16 where this CPU computes it natively, else float32")
+    p.add_argument("--dtype", default="auto", help="auto: bfloat16 (float16 on a GPU without it)")
     p.add_argument("--levels", default="1,4,8,16", help="concurrency levels (default: %(default)s)")
     p.add_argument("--policies", default="llm,speculative,rstitch,verified",
                    help="comma list of POLICY[:relaxed=R][:k=N][:tau=T]; llm comes first (default: %(default)s)")

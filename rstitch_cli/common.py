@@ -12,17 +12,39 @@ from rstitch_core.models.loading import parse_device, parse_dtype, resolve_sourc
 DTYPE_CHOICES = ["auto", "float32", "bfloat16", "float16"]
 
 
-def pick_dtype(dtype: str, device: str, quiet: bool = False) -> str:
-    """--dtype, with auto resolved for `device` on this machine and the choice stated."""
-    from rstitch_core.models.loading import resolve_dtype
+def pick_dtype(dtype: str, device: str, slm: str, llm: str, quiet: bool = False) -> str:
+    """--dtype, with auto resolved for this pair on `device` here and the choice stated: the
+    profiles' choice if `rstitch profile` saved both bfloat16 and float32 ones, else bfloat16
+    (float16 on a GPU without bf16)."""
+    from rstitch_core.models.loading import native_bf16_cpu, resolve_dtype
 
     chosen = resolve_dtype(dtype, device)
-    if dtype == "auto" and not quiet:
-        why = ("computes bf16 natively" if chosen == "bfloat16" else
-               "emulates bf16 (no AMX/AVX512-BF16), float32 is faster" if chosen == "float32" else "lacks bf16")
-        print(f"dtype: {chosen} (auto: this {'GPU' if device.startswith('cuda') else 'CPU'} {why}; --dtype "
-              "overrides)", file=sys.stderr, flush=True)
+    if dtype != "auto":
+        return chosen
+    measured = None if device.startswith("cuda") else _measured_dtype(slm, llm, device)
+    if measured is not None:
+        chosen, why = measured.dtype, "the faster decoder in this machine's saved profiles" + (
+            "" if measured.prefill_dtype == measured.dtype else f"; prompt prefill is faster in {measured.prefill_dtype}")
+    elif device.startswith("cuda"):
+        why = "this GPU's native half precision"
+    elif native_bf16_cpu():
+        why = "this CPU computes bf16 natively"
+    else:
+        why = ("this CPU emulates bf16: decoding is still faster in bf16, multi-token passes and prompt "
+               "prefill are slower; `rstitch profile --dtype bfloat16,float32` measures both and auto follows it")
+    if not quiet:
+        print(f"dtype: {chosen} (auto: {why}; --dtype overrides)", file=sys.stderr, flush=True)
     return chosen
+
+
+def _measured_dtype(slm: str, llm: str, device: str):
+    """choose_dtype over the saved bfloat16 and float32 profiles of this pair here, if both exist."""
+    from rstitch_cli.profile import configs
+    from rstitch_core.profile import cached_profile, choose_dtype, profile_key
+
+    slm_config, llm_config = configs((slm, llm, False))
+    profiles = [cached_profile(profile_key(slm_config, llm_config, d, device)) for d in ("bfloat16", "float32")]
+    return choose_dtype(profiles) if all(profiles) else None
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -30,8 +52,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--slm", metavar="SRC", help="small model: save_pretrained folder, .gguf file or cached HF id")
     g.add_argument("--llm", metavar="SRC", help="large model: same forms as --slm")
     g.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
-                   help="weights dtype; auto = bfloat16 where the CPU/GPU computes it natively, else float32 "
-                        "(default: %(default)s)")
+                   help="weights dtype; auto = the faster decoder of this machine's saved bfloat16/float32 "
+                        "profiles, else bfloat16 (default: %(default)s)")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
     g.add_argument("--llm-device", metavar="DEV", help="put the LLM on another device (default: --device)")
     g.add_argument("--cost-profile", default="auto", metavar="auto|off|FILE",
@@ -60,7 +82,7 @@ def load_engine(args: argparse.Namespace, quiet: bool = False) -> Engine:
     hf_logging.disable_progress_bar()  # per-shard bars would bury the one line that matters
     slm, llm = model_sources(args, quiet)
     resolve_source(slm, "slm"), resolve_source(llm, "llm")  # fail fast, before the slow part
-    args.dtype = pick_dtype(args.dtype, args.device, quiet)
+    args.dtype = pick_dtype(args.dtype, args.device, slm, llm, quiet)
     parse_dtype(args.dtype), parse_device(args.device), parse_device(args.llm_device or args.device)
     if not quiet:
         print(f"loading slm={slm} llm={llm} ({args.dtype}, {args.device})", file=sys.stderr, flush=True)

@@ -11,7 +11,7 @@ import argparse
 import socket
 import sys
 
-from rstitch_cli.common import DTYPE_CHOICES, pick_dtype
+from rstitch_cli.common import DTYPE_CHOICES
 from rstitch_core import RoutingParams, SamplingParams
 
 
@@ -26,14 +26,9 @@ def add_parser(sub) -> None:
     p.add_argument("--slm", metavar="SRC", help="small model (default: the embedded pair)")
     p.add_argument("--llm", metavar="SRC", help="large model")
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
-                   help="auto = bfloat16 where this machine computes it natively, else float32 (default: %(default)s)")
+                   help="auto = the faster decoder of this machine's saved bfloat16/float32 profiles, else bfloat16 "
+                        "(default: %(default)s)")
     p.set_defaults(run=run)
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _free_port() -> int:
@@ -59,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.problem < len(problems):
         raise ValueError(f"--problem must be in [0, {len(problems) - 1}], got {args.problem}")
     problem = problems[args.problem]
-    app_args = {"dtype": pick_dtype(args.dtype, "cuda" if _has_cuda() else "cpu"), **({"slm": args.slm, "llm": args.llm} if args.slm else {})}
+    app_args = {"dtype": args.dtype, **({"slm": args.slm, "llm": args.llm} if args.slm else {})}
     ensure_models(app_args)
     if routing.cost_aware:  # only speculative/verified use it: the others need not wait for a profile
         resolve_cost_profile(app_args)

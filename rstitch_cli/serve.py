@@ -30,8 +30,8 @@ def add_parser(sub) -> None:
                    "(the SLM worker runs it)")
     p.add_argument("--shadow-prefill-tokens", type=int, metavar="N",
                    help="the LLM worker prefills the SLM's tokens in the background once N are unseen (default: 0, off)")
-    p.add_argument("--dtype", choices=DTYPE_CHOICES, help="weights dtype; auto (the default) = bfloat16 where "
-                   "the workers' CPU/GPU computes it natively, else float32")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, help="weights dtype; auto (the default) = the faster "
+                   "decoder of this machine's saved bfloat16/float32 profiles, else bfloat16")
     p.add_argument("--cost-profile", metavar="auto|off|FILE",
                    help="pass costs from which speculative/verified requests that leave draft_tokens unset choose "
                    "each draft length: auto (the default) = the profile `rstitch profile` saved for this pair, "
@@ -131,14 +131,15 @@ def ensure_models(app_args: dict) -> None:
     from services.app import AppConfig
 
     cfg = AppConfig.from_args(app_args)  # bad args fail here, before Ray starts
-    if cfg.dtype == "auto":  # resolved here, where the profile is keyed and the choice is stated
-        app_args["dtype"] = pick_dtype("auto", worker_device(cfg))
-    if app_args.get("slm") is None:
+    slm, llm = cfg.slm, cfg.llm
+    if slm is None:
         from rstitch_core.assets import INSTALL_HINT, ensure_default_pair, is_default_pair_installed
 
         if not is_default_pair_installed():
             raise ValueError(f"no models given and the embedded default pair is not installed: {INSTALL_HINT}")
-        ensure_default_pair()
+        slm, llm = map(str, ensure_default_pair())
+    if cfg.dtype == "auto":  # resolved here, where the cost profile is keyed and the choice is stated
+        app_args["dtype"] = pick_dtype("auto", worker_device(cfg), slm, llm)
 
 
 @contextmanager

@@ -32,7 +32,7 @@ class AppConfig:
 
     slm: str | None = None
     llm: str | None = None
-    dtype: str = "auto"  # auto: bfloat16 where the worker's CPU/GPU computes it natively, else float32
+    dtype: str = "auto"  # rstitch serve resolves it (saved profiles, else bf16); a worker resolves it to bf16/fp16
     slm_device: str = "auto"
     llm_device: str = "auto"
     slm_num_gpus: float = 0.0  # fractional values let both workers share one GPU

@@ -20,32 +20,34 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     raise ValueError(f"unknown dtype {dtype!r}; accepted: {', '.join(DTYPES)}")
 
 
-def resolve_dtype(dtype: str, device: str | torch.device = "cpu", cpu_flags: frozenset[str] | None = None) -> str:
-    """`dtype`, or for "auto" the one this device computes natively: bfloat16 on a GPU that
-    supports it (else float16) and on a CPU with AMX or AVX512-BF16, else float32. On a CPU
-    without them bf16 is emulated: a multi-token pass costs 3-4 decode steps and a prompt prefill
-    ~8x float32's (docs/results.md), so float32 is faster there. `cpu_flags`: /proc/cpuinfo's."""
+def resolve_dtype(dtype: str, device: str | torch.device = "cpu") -> str:
+    """`dtype`, or for "auto" the default without measurements: bfloat16, or float16 on a GPU
+    without bf16. Decoding is memory-bound and bf16 halves the bytes per step, even where the CPU
+    only emulates bf16 arithmetic (an AVX2 EPYC: LLM decode step 310 ms in bf16, 573 ms in float32);
+    there multi-token passes and prompt prefill are faster in float32, which `rstitch profile
+    --dtype bfloat16,float32` measures; with both profiles saved, the CLI's auto follows their
+    choice (rstitch_cli.common.pick_dtype)."""
     if dtype != "auto":
         parse_dtype(dtype)
         return dtype
-    dev = parse_device(device)
-    if dev.type == "cuda":
+    if parse_device(device).type == "cuda":
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    flags = cpu_flags if cpu_flags is not None else _cpu_flags()
-    return "bfloat16" if flags & NATIVE_BF16_FLAGS else "float32"
+    return "bfloat16"
 
 
 NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
 
-def _cpu_flags() -> frozenset[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:  # not Linux: no flags known, the safe choice
-        pass
-    return frozenset()
+def native_bf16_cpu(cpu_flags: frozenset[str] | None = None) -> bool:
+    """Whether this CPU computes bf16 natively (AMX or AVX512-BF16); `cpu_flags`: /proc/cpuinfo's."""
+    if cpu_flags is None:
+        try:
+            lines = Path("/proc/cpuinfo").read_text().splitlines()
+        except OSError:  # not Linux: unknown
+            lines = []
+        cpu_flags = next((frozenset(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")),
+                         frozenset())
+    return bool(cpu_flags & NATIVE_BF16_FLAGS)
 
 
 def parse_device(device: str | torch.device) -> torch.device:

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from rstitch_cli.common import pick_dtype
 from rstitch_cli.main import main
 from rstitch_core.costmodel import PassCost
 from rstitch_core.profile import CostProfile, ProfileKey, default_path
@@ -37,6 +38,10 @@ def test_profile_measures_once_then_reuses_and_recommends_a_dtype(pair_dirs, tmp
     assert "recommended dtype: float32" in out
     assert CostProfile.load(tmp_path / "p.float32.json") == measured
     assert CostProfile.load(tmp_path / "p.bfloat16.json").key == bf16_key
+    # With both saved, --dtype auto follows them, and says so; explicit dtypes are kept.
+    assert pick_dtype("auto", "cpu", str(pair_dirs[0]), str(pair_dirs[1])) == "float32"
+    assert "the faster decoder in this machine's saved profiles" in capsys.readouterr().err
+    assert pick_dtype("bfloat16", "cpu", str(pair_dirs[0]), str(pair_dirs[1])) == "bfloat16"
 
 
 @pytest.mark.parametrize("argv, message", [

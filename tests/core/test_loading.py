@@ -4,7 +4,7 @@ import pytest
 
 from tiny_models import build_tokenizer
 from rstitch_core import check_pair, load_model
-from rstitch_core.models.loading import parse_device, parse_dtype, resolve_dtype
+from rstitch_core.models.loading import native_bf16_cpu, parse_device, parse_dtype, resolve_dtype
 
 
 def test_folder_loads_with_dtype_and_metadata(pair_dirs):
@@ -72,17 +72,18 @@ def test_dtype_and_device_validation():
             parse_device("cuda:0")
 
 
-@pytest.mark.parametrize("flags, expected", [
-    ({"avx2", "fma"}, "float32"),  # AMD EPYC Zen 3: bf16 emulated, float32 is faster
-    ({"avx2", "avx512f", "avx512_bf16"}, "bfloat16"),
-    ({"avx2", "amx_tile", "amx_bf16"}, "bfloat16"),
-    (set(), "float32"),  # flags unknown: the choice that is never emulated
+@pytest.mark.parametrize("flags, native", [
+    ({"avx2", "fma"}, False),  # AMD EPYC Zen 3: bf16 emulated
+    ({"avx2", "avx512f", "avx512_bf16"}, True),
+    ({"avx2", "amx_tile", "amx_bf16"}, True),
+    (set(), False),
 ])
-def test_auto_dtype_is_bfloat16_only_where_the_cpu_computes_it_natively(flags, expected):
-    assert resolve_dtype("auto", "cpu", cpu_flags=frozenset(flags)) == expected
+def test_native_bf16_is_read_from_the_cpu_flags(flags, native):
+    assert native_bf16_cpu(frozenset(flags)) is native
 
 
-def test_an_explicit_dtype_is_kept_and_a_bad_one_named():
-    assert resolve_dtype("bfloat16", "cpu", cpu_flags=frozenset()) == "bfloat16"
+def test_auto_dtype_without_measurements_is_bfloat16_on_a_cpu_and_an_explicit_one_is_kept():
+    assert resolve_dtype("auto", "cpu") == "bfloat16"  # decoding is memory-bound: half the bytes
+    assert resolve_dtype("float32", "cpu") == "float32"
     with pytest.raises(ValueError, match="unknown dtype 'bf17'"):
         resolve_dtype("bf17", "cpu")
