@@ -8,8 +8,10 @@ overlapping and batch fewer rows each. Measured on a 2-core AMX Xeon (docs/resul
 Timing one request's rounds cannot see this (one request decoding plainly among drafting ones gets
 none of plain decoding's batching), so the front end compares the whole: it runs all its
 cost-aware requests in one mode for a window, counts the tokens it streamed, and per load bucket
-(1, 2-3, 4-7, 8-15, 16+ concurrent requests) keeps the mode that streamed more, measuring the
-other again every `explore_every` windows.
+(2-3, 4-7, 8-15, 16+ concurrent requests) keeps the mode that streamed more, measuring the
+other again every `explore_every` windows. A request alone has no batching for windows to see: below
+`min_load` the profile's own pricing decides, as in-process (windows there lost most of verified's
+gain: the first window, holding the prompt's prefill, made drafting look slow, docs/results.md).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class DraftWindows:
 
     window_s: float = 4.0
     explore_every: int = 8  # windows of the better mode between two of the other
+    min_load: int = 2  # below it the windows stand aside: "draft", i.e. the profile decides
     decay: float = 0.7  # per window of the same bucket and mode
     clock: Callable[[], float] = time.perf_counter
     rates: dict[tuple[int, Mode], tuple[float, float]] = field(default_factory=dict)  # discounted tokens, s
@@ -37,9 +40,9 @@ class DraftWindows:
     tokens: int = 0
 
     def __post_init__(self):
-        if not self.window_s > 0 or not 0 < self.decay <= 1 or self.explore_every < 1:
-            raise ValueError(f"need window_s > 0, decay in (0, 1] and explore_every >= 1, got "
-                             f"{self.window_s!r}, {self.decay!r}, {self.explore_every!r}")
+        if not self.window_s > 0 or not 0 < self.decay <= 1 or self.explore_every < 1 or self.min_load < 1:
+            raise ValueError(f"need window_s > 0, decay in (0, 1], explore_every >= 1 and min_load >= 1, got "
+                             f"{self.window_s!r}, {self.decay!r}, {self.explore_every!r}, {self.min_load!r}")
 
     @staticmethod
     def bucket(load: int) -> int:
@@ -51,6 +54,8 @@ class DraftWindows:
 
     def mode(self, load: int) -> Mode:
         """The mode for a round starting now at `load` concurrent requests."""
+        if load < self.min_load:
+            return "draft"
         now, bucket = self.clock(), self.bucket(load)
         if self.current is not None:
             b, mode, start, tokens = self.current

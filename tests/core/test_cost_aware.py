@@ -135,8 +135,8 @@ def test_windows_keep_drafting_where_it_streams_more():
 
     clock = FakeClock()
     windows = DraftWindows(window_s=4.0, clock=clock)
-    rounds = served(windows, clock, 1, draft_tps=5.4, plain_tps=4.3, seconds=400)
-    assert windows.rate(1, "draft") > windows.rate(1, "plain")
+    rounds = served(windows, clock, 2, draft_tps=5.4, plain_tps=4.3, seconds=400)
+    assert windows.rate(2, "draft") > windows.rate(2, "plain")
     assert drafted_share(rounds[len(rounds) // 2:]) > 0.8  # drafting, but for rare measuring windows
 
 
@@ -145,13 +145,24 @@ def test_a_window_spanning_a_load_change_or_idle_time_is_no_sample():
 
     clock = FakeClock()
     windows = DraftWindows(window_s=1.0, clock=clock)
-    assert windows.mode(1) == "draft"  # unmeasured: measured first
+    assert windows.mode(2) == "draft"  # unmeasured: measured first
     windows.emitted(10)
     clock.now = 0.5
     assert windows.mode(4) == "draft"  # the load changed: that window is void, a new one starts
-    assert windows.rate(1, "draft") is None
+    assert windows.rate(2, "draft") is None
     clock.now = 10.0  # idle far past the window: void as well
     windows.mode(4)
     assert windows.rate(4, "draft") is None
     with pytest.raises(ValueError, match="window_s > 0"):
         DraftWindows(window_s=0)
+
+
+def test_a_request_alone_is_left_to_the_profile():
+    from rstitch_core.draft_windows import DraftWindows
+
+    clock = FakeClock()
+    windows = DraftWindows(window_s=4.0, clock=clock)
+    # Plain decoding streams more, and yet: one request has no batching effect for windows to see.
+    rounds = served(windows, clock, 1, draft_tps=3.0, plain_tps=5.0, seconds=100)
+    assert windows.current is None and windows.rate(1, "plain") is None
+    assert drafted_share(rounds) == 1.0  # the profile's choice on MEMORY_BOUND: drafts pay
