@@ -38,6 +38,7 @@ class DraftWindows:
     windows: int = 0  # windows closed since the last exploring one
     current: tuple[int, Mode, float, int] | None = None  # bucket, mode, start, tokens at start
     tokens: int = 0
+    last_emitted: float = float("-inf")  # when a token last streamed
 
     def __post_init__(self):
         if not self.window_s > 0 or not 0 < self.decay <= 1 or self.explore_every < 1 or self.min_load < 1:
@@ -51,6 +52,7 @@ class DraftWindows:
 
     def emitted(self, num_tokens: int) -> None:
         self.tokens += num_tokens
+        self.last_emitted = self.clock()
 
     def mode(self, load: int) -> Mode:
         """The mode for a round starting now at `load` concurrent requests."""
@@ -61,9 +63,9 @@ class DraftWindows:
             b, mode, start, tokens = self.current
             if b == bucket and now - start < self.window_s:
                 return mode
-            # A sample: a whole window at one load (a load change voids it, and so does a window
-            # overrun by idle time, with no round to close it).
-            if b == bucket and now - start < 2 * self.window_s:
+            # A sample: a window at one load, however long its rounds kept it open (plain calls
+            # are long under load); a load change voids it, and so does idle time at its end.
+            if b == bucket and now - self.last_emitted < self.window_s:
                 total, seconds = self.rates.get((b, mode), (0.0, 0.0))
                 self.rates[(b, mode)] = (total * self.decay + self.tokens - tokens,
                                          seconds * self.decay + now - start)
@@ -81,8 +83,8 @@ class DraftWindows:
 
     def _next(self, bucket: int) -> Mode:
         unmeasured = [m for m in MODES if self._rate(bucket, m) is None]
-        if unmeasured:
-            return unmeasured[0]
+        if unmeasured:  # plain first: a load seen only briefly then runs as LLM-only would
+            return "plain" if "plain" in unmeasured else unmeasured[0]
         best = max(MODES, key=lambda m: self._rate(bucket, m))
         self.windows += 1
         if self.windows % (self.explore_every + 1) == 0:
