@@ -109,12 +109,14 @@ def resolve_cost_profile(app_args: dict) -> None:
 
     from rstitch_cli.profile import obtain
     from rstitch_core.assets import ensure_default_pair
+    from rstitch_core.models.loading import resolve_dtype
     from rstitch_core.profile import default_path
     from services.app import AppConfig
 
     cfg = AppConfig.from_args(app_args)
     slm, llm = (cfg.slm, cfg.llm) if cfg.slm else map(str, ensure_default_pair(progress=False))
-    profile = obtain(Namespace(device=worker_device(cfg), force=False), (slm, llm, False), cfg.dtype, None)
+    device = worker_device(cfg)
+    profile = obtain(Namespace(device=device, force=False), (slm, llm, False), resolve_dtype(cfg.dtype, device), None)
     app_args["cost_profile"] = str(default_path(profile.key))
     print(f"rstitch: cost profile {app_args['cost_profile']}", file=sys.stderr, flush=True)
 

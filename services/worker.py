@@ -112,8 +112,9 @@ class ModelWorker:
         try:
             router = self.router if call.routing.policy is Policy.RSTITCH_PLUS else None
             phase = run_phase(call.op, session.seq, session.state, session.sampler, router)
-            # Serve does not cancel this call when the front end's request is cancelled: once the
-            # session is released (its request is over) stop decoding for it at the next pass.
+            # Serve does not always cancel this call when the front end's request is cancelled
+            # (one it cancels ends in _cancelled): once the session is released (its request is
+            # over) stop decoding for it at the next pass.
             while not self.store.is_released(call.session_id):
                 done, value = await self._in_thread(session, _advance, phase)
                 if done:

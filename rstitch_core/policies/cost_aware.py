@@ -22,8 +22,8 @@ PROBE_EVERY = 8
 PROBE_RATE = 0.9
 # In a window where plain decoding streams more, the LLM decodes this many tokens per call and
 # concurrent request: every call leaves and rejoins the LLM worker's batch, out of step with the
-# other rows, which cost 3% at 16 streams with 32-token calls (docs/results.md). Scaled by the load,
-# the front end still sees about as many round ends per second, which is what closes its windows.
+# other rows, which cost about 3% at 16 streams with 32-token calls (docs/results.md). Mode changes
+# then wait for longer calls to end; the windows stay valid however long a call runs.
 WINDOW_PLAIN_TOKENS = 32
 
 
