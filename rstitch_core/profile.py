@@ -117,13 +117,9 @@ def hardware_name(device: torch.device) -> str:
     """The GPU's name on CUDA, else the CPU model name as lscpu prints it."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown-cpu"
+    from rstitch_core.models.loading import cpuinfo_field
+
+    return cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown-cpu"
 
 
 def profile_key(slm_config, llm_config, dtype: str | torch.dtype, device: str | torch.device) -> ProfileKey:

@@ -41,13 +41,19 @@ NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 def native_bf16_cpu(cpu_flags: frozenset[str] | None = None) -> bool:
     """Whether this CPU computes bf16 natively (AMX or AVX512-BF16); `cpu_flags`: /proc/cpuinfo's."""
     if cpu_flags is None:
-        try:
-            lines = Path("/proc/cpuinfo").read_text().splitlines()
-        except OSError:  # not Linux: unknown
-            lines = []
-        cpu_flags = next((frozenset(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")),
-                         frozenset())
+        cpu_flags = frozenset((cpuinfo_field("flags") or "").split())
     return bool(cpu_flags & NATIVE_BF16_FLAGS)
+
+
+def cpuinfo_field(name: str) -> str | None:
+    """The first `name : value` of /proc/cpuinfo (e.g. "model name", "flags"); None off Linux."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.split(":", 1)[0].strip() == name:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 def parse_device(device: str | torch.device) -> torch.device:
