@@ -7,34 +7,47 @@ import sys
 
 from rstitch_core import Engine
 from rstitch_core.models.loading import parse_device, parse_dtype, resolve_source
+from rstitch_core.models.prefill import PrefillSpec
 
 
 DTYPE_CHOICES = ["auto", "float32", "bfloat16", "float16"]
 
 
-def pick_dtype(dtype: str, device: str, slm: str, llm: str, quiet: bool = False) -> str:
-    """--dtype, with auto resolved for this pair on `device` here and the choice stated: the
-    profiles' choice if `rstitch profile` saved both bfloat16 and float32 ones, else bfloat16
-    (float16 on a GPU without bf16)."""
+def pick_dtype(dtype: str, device: str, slm: str, llm: str, quiet: bool = False, prefill: str = "auto"
+               ) -> tuple[str, PrefillSpec | None]:
+    """--dtype and --prefill, auto resolved for this pair on `device` here and the choice stated.
+
+    dtype auto: the profiles' choice if `rstitch profile` saved both bfloat16 and float32 ones, else
+    bfloat16 (float16 on a GPU without bf16). prefill auto: a copy in the profiles' prefill dtype
+    for passes from their crossover length, when they chose the decode dtype in use and found one
+    (CPUs that emulate bf16); else none. Explicit values are taken as given.
+    """
     from rstitch_core.models.loading import native_bf16_cpu, resolve_dtype
 
     chosen = resolve_dtype(dtype, device)
-    if dtype != "auto":
-        return chosen
-    measured = None if device.startswith("cuda") else _measured_dtype(slm, llm, device)
-    if measured is not None:
-        chosen, why = measured.dtype, "the faster decoder in this machine's saved profiles" + (
-            "" if measured.prefill_dtype == measured.dtype else f"; prompt prefill is faster in {measured.prefill_dtype}")
-    elif device.startswith("cuda"):
-        why = "this GPU's native half precision"
-    elif native_bf16_cpu():
-        why = "this CPU computes bf16 natively"
+    measured = None if device.startswith("cuda") or "auto" not in (dtype, prefill) \
+        else _measured_dtype(slm, llm, device)
+    if dtype == "auto":
+        if measured is not None:
+            chosen, why = measured.dtype, "the faster decoder in this machine's saved profiles"
+        elif device.startswith("cuda"):
+            why = "this GPU's native half precision"
+        elif native_bf16_cpu():
+            why = "this CPU computes bf16 natively"
+        else:
+            why = ("this CPU emulates bf16: decoding is still faster in bf16, multi-token passes and prompt "
+                   "prefill are slower; `rstitch profile --dtype bfloat16,float32` measures both and auto follows it")
+        if not quiet:
+            print(f"dtype: {chosen} (auto: {why}; --dtype overrides)", file=sys.stderr, flush=True)
+    if prefill != "auto":
+        spec, why = PrefillSpec.parse(prefill), "--prefill"
     else:
-        why = ("this CPU emulates bf16: decoding is still faster in bf16, multi-token passes and prompt "
-               "prefill are slower; `rstitch profile --dtype bfloat16,float32` measures both and auto follows it")
-    if not quiet:
-        print(f"dtype: {chosen} (auto: {why}; --dtype overrides)", file=sys.stderr, flush=True)
-    return chosen
+        spec = measured.prefill if measured is not None and measured.dtype == chosen else None
+        why = "auto: faster there in this machine's saved profiles"
+    if spec is not None and not quiet:
+        print(f"prefill: passes of >= {spec.min_tokens} tokens run on a {spec.dtype} copy of each model ({why}; "
+              f"it holds the weights once more; --prefill off disables)", file=sys.stderr, flush=True)
+    return chosen, spec
 
 
 def _measured_dtype(slm: str, llm: str, device: str):
@@ -54,6 +67,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="weights dtype; auto = the faster decoder of this machine's saved bfloat16/float32 "
                         "profiles, else bfloat16 (default: %(default)s)")
+    g.add_argument("--prefill", default="auto", metavar="auto|off|DTYPE[:N]",
+                   help="run passes of >= N new tokens (prompt prefills) on a copy of each model in DTYPE, e.g. "
+                        "float32:32 where bf16 is emulated; auto = where this machine's saved bfloat16/float32 "
+                        "profiles find it faster (default: %(default)s)")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
     g.add_argument("--llm-device", metavar="DEV", help="put the LLM on another device (default: --device)")
     g.add_argument("--cost-profile", default="auto", metavar="auto|off|FILE",
@@ -82,11 +99,12 @@ def load_engine(args: argparse.Namespace, quiet: bool = False) -> Engine:
     hf_logging.disable_progress_bar()  # per-shard bars would bury the one line that matters
     slm, llm = model_sources(args, quiet)
     resolve_source(slm, "slm"), resolve_source(llm, "llm")  # fail fast, before the slow part
-    args.dtype = pick_dtype(args.dtype, args.device, slm, llm, quiet)
+    args.dtype, prefill = pick_dtype(args.dtype, args.device, slm, llm, quiet, getattr(args, "prefill", "off"))
     parse_dtype(args.dtype), parse_device(args.device), parse_device(args.llm_device or args.device)
     if not quiet:
         print(f"loading slm={slm} llm={llm} ({args.dtype}, {args.device})", file=sys.stderr, flush=True)
-    engine = Engine.load(slm, llm, dtype=args.dtype, device=args.device, llm_device=args.llm_device)
+    engine = Engine.load(slm, llm, dtype=args.dtype, device=args.device, llm_device=args.llm_device,
+                         prefill=prefill)
     use_cost_profile(engine, getattr(args, "cost_profile", "off"), args.dtype, quiet)
     return engine
 

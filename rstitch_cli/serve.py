@@ -32,6 +32,10 @@ def add_parser(sub) -> None:
                    help="the LLM worker prefills the SLM's tokens in the background once N are unseen (default: 0, off)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, help="weights dtype; auto (the default) = the faster "
                    "decoder of this machine's saved bfloat16/float32 profiles, else bfloat16")
+    p.add_argument("--prefill", metavar="auto|off|DTYPE[:N]",
+                   help="passes of >= N new tokens (prompt prefills) on a copy of each model in DTYPE, e.g. float32:32 "
+                   "where bf16 is emulated; auto (the default) = where this machine's saved bfloat16/float32 profiles "
+                   "find it faster")
     p.add_argument("--cost-profile", metavar="auto|off|FILE",
                    help="pass costs from which speculative/verified requests that leave draft_tokens unset choose "
                    "each draft length: auto (the default) = the profile `rstitch profile` saved for this pair, "
@@ -59,7 +63,7 @@ def app_settings(args: argparse.Namespace) -> tuple[dict, int]:
         app_args = dict(apps[0].get("args") or {})
         port = (config.get("grpc_options") or {}).get("port", port)
     for flag, key in (("slm", "slm"), ("llm", "llm"), ("llm_replicas", "llm_replicas"), ("dtype", "dtype"),
-                      ("router", "router"), ("shadow_prefill_tokens", "shadow_prefill_tokens"),
+                      ("prefill", "prefill"), ("router", "router"), ("shadow_prefill_tokens", "shadow_prefill_tokens"),
                       ("cost_profile", "cost_profile")):
         if getattr(args, flag) is not None:
             app_args[key] = getattr(args, flag)
@@ -140,8 +144,9 @@ def ensure_models(app_args: dict) -> None:
         if not is_default_pair_installed():
             raise ValueError(f"no models given and the embedded default pair is not installed: {INSTALL_HINT}")
         slm, llm = map(str, ensure_default_pair())
-    if cfg.dtype == "auto":  # resolved here, where the cost profile is keyed and the choice is stated
-        app_args["dtype"] = pick_dtype("auto", worker_device(cfg), slm, llm)
+    if "auto" in (cfg.dtype, cfg.prefill):  # resolved here, where the cost profile is keyed and the choice is stated
+        dtype, prefill = pick_dtype(cfg.dtype, worker_device(cfg), slm, llm, prefill=cfg.prefill)
+        app_args["dtype"], app_args["prefill"] = dtype, "off" if prefill is None else str(prefill)
 
 
 @contextmanager

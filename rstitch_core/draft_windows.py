@@ -9,7 +9,13 @@ Timing one request's rounds cannot see this (one request decoding plainly among 
 none of plain decoding's batching), so the front end compares the whole: it runs all its
 cost-aware requests in one mode for a window, counts the tokens it streamed, and per load bucket
 (2-3, 4-7, 8-15, 16+ concurrent requests) keeps the mode that streamed more, measuring the
-other again every `explore_every` windows. A request alone has no batching for windows to see: below
+other again after `explore_every` windows, and after twice as many each time that confirms the
+verdict (up to `max_explore_every`): a drafting window among plain ones is costly under load (one at
+16 streams took a whole run down to 0.73x LLM-only, docs/results.md). For the same reason only the
+lowest load the windows decide is sampled drafting straight away; a higher one only once the
+nearest lower load measured drafting faster. Batching favours plain decoding more as the load
+grows, so without that evidence the higher load runs plainly and the exploring schedule tests it.
+A request alone has no batching for windows to see: below
 `min_load` the profile's own pricing decides, as in-process (windows there lost most of verified's
 gain: the first window, holding the prompt's prefill, made drafting look slow, docs/results.md).
 """
@@ -30,20 +36,24 @@ class DraftWindows:
     request; `emitted(n)` counts the tokens the front end streamed."""
 
     window_s: float = 4.0
-    explore_every: int = 8  # windows of the better mode between two of the other
+    explore_every: int = 8  # windows of the better mode before one of the other ...
+    max_explore_every: int = 64  # ... doubling up to this while the verdict stands
     min_load: int = 2  # below it the windows stand aside: "draft", i.e. the profile decides
     decay: float = 0.7  # per window of the same bucket and mode
     clock: Callable[[], float] = time.perf_counter
     rates: dict[tuple[int, Mode], tuple[float, float]] = field(default_factory=dict)  # discounted tokens, s
-    windows: int = 0  # windows closed since the last exploring one
+    explored: dict[int, tuple[int, int]] = field(default_factory=dict)  # bucket: (windows since exploring, interval)
+    best: dict[int, Mode] = field(default_factory=dict)  # bucket: the verdict of its last window
     current: tuple[int, Mode, float, int] | None = None  # bucket, mode, start, tokens at start
     tokens: int = 0
     last_emitted: float = float("-inf")  # when a token last streamed
 
     def __post_init__(self):
-        if not self.window_s > 0 or not 0 < self.decay <= 1 or self.explore_every < 1 or self.min_load < 1:
-            raise ValueError(f"need window_s > 0, decay in (0, 1], explore_every >= 1 and min_load >= 1, got "
-                             f"{self.window_s!r}, {self.decay!r}, {self.explore_every!r}, {self.min_load!r}")
+        if not self.window_s > 0 or not 0 < self.decay <= 1 or self.min_load < 1 \
+                or not 1 <= self.explore_every <= self.max_explore_every:
+            raise ValueError(f"need window_s > 0, decay in (0, 1], 1 <= explore_every <= max_explore_every and "
+                             f"min_load >= 1, got {self.window_s!r}, {self.decay!r}, {self.explore_every!r} "
+                             f"<= {self.max_explore_every!r}, {self.min_load!r}")
 
     @staticmethod
     def bucket(load: int) -> int:
@@ -82,11 +92,28 @@ class DraftWindows:
         return total / seconds if seconds > 0 else None
 
     def _next(self, bucket: int) -> Mode:
-        unmeasured = [m for m in MODES if self._rate(bucket, m) is None]
-        if unmeasured:  # plain first: a load seen only briefly then runs as LLM-only would
-            return "plain" if "plain" in unmeasured else unmeasured[0]
-        best = max(MODES, key=lambda m: self._rate(bucket, m))
-        self.windows += 1
-        if self.windows % (self.explore_every + 1) == 0:
+        plain, draft = self._rate(bucket, "plain"), self._rate(bucket, "draft")
+        if plain is None:  # plain first: a load seen only briefly then runs as LLM-only would
+            return "plain"
+        if draft is None and self._draft_won_below(bucket):
+            return "draft"
+        best: Mode = "plain" if draft is None or plain >= draft else "draft"
+        since, interval = self.explored.get(bucket, (0, self.explore_every))
+        if best != self.best.setdefault(bucket, best):  # an exploring window overturned the verdict
+            since, interval = 0, self.explore_every
+        self.best[bucket] = best
+        if since + 1 > interval:
+            self.explored[bucket] = (0, min(2 * interval, self.max_explore_every))
             return "plain" if best == "draft" else "draft"
+        self.explored[bucket] = (since + 1, interval)
         return best
+
+    def _draft_won_below(self, bucket: int) -> bool:
+        """Whether to sample drafting at a load before the exploring schedule does: at the lowest
+        load the windows decide, or where the nearest lower load measured in both modes found
+        drafting faster."""
+        for b in range(bucket - 1, self.bucket(self.min_load) - 1, -1):
+            plain, draft = self._rate(b, "plain"), self._rate(b, "draft")
+            if plain is not None and draft is not None:
+                return draft > plain
+        return bucket <= self.bucket(self.min_load)

@@ -8,6 +8,7 @@ from rstitch_core.config import Policy, RoutingParams, SamplingParams
 from rstitch_core.events import Event, Source
 from rstitch_core.generation import Generation  # re-exported: it used to live here
 from rstitch_core.models.loading import check_pair, load_model
+from rstitch_core.models.prefill import PrefillSpec
 from rstitch_core.models.runner import ModelRunner
 from rstitch_core.policies.loop import DraftControl, run_local
 from rstitch_core.policies.router import SwitchRouter
@@ -29,10 +30,11 @@ class Engine:
 
     @classmethod
     def load(cls, slm: str, llm: str, dtype: str = "float32", device: str = "cpu",
-             llm_device: str | None = None) -> Engine:
-        """Load both models (the LLM on `llm_device` if given, else `device`) and check the pair."""
-        return cls(load_model(slm, dtype, device, name="slm"),
-                   load_model(llm, dtype, llm_device or device, name="llm"))
+             llm_device: str | None = None, prefill: PrefillSpec | None = None) -> Engine:
+        """Load both models (the LLM on `llm_device` if given, else `device`) and check the pair;
+        `prefill`: both models run long passes on a copy in its dtype (models/prefill.py)."""
+        return cls(load_model(slm, dtype, device, name="slm", prefill=prefill),
+                   load_model(llm, dtype, llm_device or device, name="llm", prefill=prefill))
 
     def encode(self, prompt: str | None = None, messages: Sequence[dict] | None = None) -> list[int]:
         """Prompt text or chat messages -> token ids; rejects prompts that fill the context window."""

@@ -10,6 +10,7 @@ CPUs the number of threads. `rstitch profile` writes it; the engine, the workers
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 from dataclasses import asdict, dataclass, field
@@ -19,6 +20,7 @@ from typing import Iterable
 import torch
 
 from rstitch_core.costmodel import PassCost
+from rstitch_core.models.prefill import PrefillSpec
 
 FORMAT = "rstitch-cost-profile/1"
 
@@ -113,13 +115,21 @@ def model_id(config) -> str:
             f"-a{config.num_attention_heads}-kv{kv_heads}-v{config.vocab_size}")
 
 
+# Environment variables that cap the instruction set torch's CPU kernels use: with both at AVX2 an
+# AMX Xeon computes bf16 as an AVX2-only CPU does (emulated), and its passes cost accordingly.
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+
+
 def hardware_name(device: torch.device) -> str:
-    """The GPU's name on CUDA, else the CPU model name as lscpu prints it."""
+    """The GPU's name on CUDA, else the CPU model name as lscpu prints it, with any ISA limit set
+    in the environment (ISA_LIMITS) appended: such a run is another machine for pass costs."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     from rstitch_core.models.loading import cpuinfo_field
 
-    return cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown-cpu"
+    name = cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown-cpu"
+    limits = [f"{var}={os.environ[var]}" for var in ISA_LIMITS if os.environ.get(var)]
+    return f"{name} [{' '.join(limits)}]" if limits else name
 
 
 def profile_key(slm_config, llm_config, dtype: str | torch.dtype, device: str | torch.device) -> ProfileKey:
@@ -151,6 +161,18 @@ class DtypeChoice:
     dtype: str
     prefill_dtype: str
     lines: tuple[str, ...]
+    prefill_min_tokens: int | None = None  # passes this long are faster in prefill_dtype (None: none are)
+
+    @property
+    def prefill(self) -> PrefillSpec | None:
+        """Long passes on a copy in prefill_dtype, where that measured faster (models/prefill.py)."""
+        return None if self.prefill_min_tokens is None else PrefillSpec(self.prefill_dtype, self.prefill_min_tokens)
+
+
+# A long pass goes to the prefill copy only where the profiles project it this much cheaper: the fits
+# are least sure near the crossover, and the copy's passes also convert the context's keys/values.
+PREFILL_MIN_GAIN = 0.2
+MAX_PREFILL_SCAN = 4096
 
 
 def choose_dtype(profiles: Iterable[CostProfile], context_tokens: int = 256, draft_tokens: int = 8,
@@ -160,7 +182,8 @@ def choose_dtype(profiles: Iterable[CostProfile], context_tokens: int = 256, dra
     Decoding is scored by an LLM decode step plus an LLM pass verifying `draft_tokens` drafts (both
     at `context_tokens` cached), since plain decoding runs the one and drafting the other; the
     prefill dtype by the LLM's pass over a `prompt_tokens` prompt. Native bf16 (AMX, GPUs) usually
-    wins both; CPUs that emulate it (AVX2 only) can lose in bf16 on the multi-token passes.
+    wins both; CPUs that emulate it (AVX2 only) decode faster in bf16 but prefill far slower, and
+    then `prefill_min_tokens` is the shortest pass the prefill dtype runs PREFILL_MIN_GAIN cheaper.
     """
     profiles = list(profiles)
     if not profiles:
@@ -180,6 +203,14 @@ def choose_dtype(profiles: Iterable[CostProfile], context_tokens: int = 256, dra
                      f"{prefill[p.key.dtype]:.2f} s; SLM decode step "
                      f"{p.slm.decode_seconds(context_tokens) * 1e3:.1f} ms")
     dtype, prefill_dtype = min(decode, key=decode.get), min(prefill, key=prefill.get)
+    by_dtype = {p.key.dtype: p for p in profiles}
+    min_tokens = None if prefill_dtype == dtype else next(
+        (n for n in range(2, MAX_PREFILL_SCAN + 1) if by_dtype[prefill_dtype].llm.seconds(n, 0)
+         <= (1 - PREFILL_MIN_GAIN) * by_dtype[dtype].llm.seconds(n, 0)), None)
     lines.append(f"recommended dtype: {dtype}" + ("" if prefill_dtype == dtype
                                                  else f" (prompt prefill is faster in {prefill_dtype})"))
-    return DtypeChoice(dtype, prefill_dtype, tuple(lines))
+    if min_tokens is not None:
+        lines.append(f"recommended prefill: {prefill_dtype}:{min_tokens} (passes of >= {min_tokens} tokens on a "
+                     f"{prefill_dtype} copy: {by_dtype[prefill_dtype].llm.seconds(min_tokens, 0) * 1e3:.0f} ms "
+                     f"against {by_dtype[dtype].llm.seconds(min_tokens, 0) * 1e3:.0f} ms in {dtype})")
+    return DtypeChoice(dtype, prefill_dtype, tuple(lines), min_tokens)

@@ -10,6 +10,7 @@ from typing import Any
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
+from rstitch_core.models.prefill import PrefillSpec
 from services.frontend import Frontend
 from services.worker import LLMWorker, SLMWorker, WorkerConfig
 
@@ -33,6 +34,9 @@ class AppConfig:
     slm: str | None = None
     llm: str | None = None
     dtype: str = "auto"  # rstitch serve resolves it (saved profiles, else bf16); a worker resolves it to bf16/fp16
+    # "DTYPE[:N]": passes of >= N tokens on a copy in DTYPE (CPUs that emulate bf16); rstitch serve
+    # resolves auto from the saved profiles, a worker given auto runs without a copy.
+    prefill: str = "auto"
     slm_device: str = "auto"
     llm_device: str = "auto"
     slm_num_gpus: float = 0.0  # fractional values let both workers share one GPU
@@ -73,6 +77,8 @@ class AppConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.prefill != "auto":
+            PrefillSpec.parse(self.prefill)  # raises ValueError quoting a bad value
         value = self.shadow_prefill_tokens
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"shadow_prefill_tokens must be an integer >= 0 (0: off), got {value!r}")
@@ -86,7 +92,8 @@ class AppConfig:
         return cls(**(args or {}))
 
     def worker(self, role: str) -> WorkerConfig:
-        return WorkerConfig(getattr(self, role), self.dtype, getattr(self, f"{role}_device"),
+        return WorkerConfig(getattr(self, role), self.dtype, "off" if self.prefill == "auto" else self.prefill,
+                            getattr(self, f"{role}_device"),
                             self.max_sessions, self.max_cached_tokens, self.torch_threads,
                             self.router if role == "slm" else None, self.batching, self.batch_linger_s)
 

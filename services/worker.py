@@ -22,6 +22,7 @@ from rstitch_core.config import Policy
 from rstitch_core.events import ModelStats, Source
 from rstitch_core.models.batched import supports_batching
 from rstitch_core.models.loading import load_model
+from rstitch_core.models.prefill import PrefillSpec
 from rstitch_core.models.scheduler import BatchedRunner
 from rstitch_core.policies.phases import run_phase
 from rstitch_core.sampling import Sampler
@@ -38,6 +39,7 @@ class WorkerConfig:
 
     source: str | None  # None: the embedded default pair's model for this role
     dtype: str = "auto"  # resolved on the worker's node (rstitch_core.models.loading.resolve_dtype)
+    prefill: str = "off"  # "DTYPE[:N]": long passes on a copy in DTYPE (rstitch_core/models/prefill.py)
     device: str = "auto"  # "auto": the GPU Ray assigned this replica, else the CPU
     max_sessions: int = 64
     max_cached_tokens: int = 262_144
@@ -53,6 +55,7 @@ class WorkerConfig:
             raise ValueError(f"max_sessions must be an integer >= 1, got {self.max_sessions!r}")
         if not isinstance(self.max_cached_tokens, int) or self.max_cached_tokens < 1:
             raise ValueError(f"max_cached_tokens must be an integer >= 1, got {self.max_cached_tokens!r}")
+        PrefillSpec.parse(self.prefill)  # raises ValueError quoting a bad value
         if self.torch_threads is not None and (not isinstance(self.torch_threads, int) or self.torch_threads < 1):
             raise ValueError(f"torch_threads must be an integer >= 1, got {self.torch_threads!r}")
 
@@ -74,7 +77,8 @@ class ModelWorker:
         device = config.device
         if device == "auto":
             device = "cuda:0" if torch.cuda.is_available() else "cpu"
-        base = load_model(resolve_model_source(config.source, self.role), config.dtype, device, name=self.role)
+        base = load_model(resolve_model_source(config.source, self.role), config.dtype, device, name=self.role,
+                          prefill=PrefillSpec.parse(config.prefill))
         why_not = supports_batching(base.model) if config.batching else "batching is off"
         # Batched: each session's loop runs in its own thread and blocks in forward() until the
         # scheduler's next batched pass; unbatched: one pass at a time on one thread.

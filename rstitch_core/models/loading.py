@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from rstitch_core.models.prefill import PrefillCopy, PrefillSpec
 from rstitch_core.models.runner import ModelRunner
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -99,27 +100,34 @@ def resolve_source(source: str, name: str = "model") -> tuple[str, dict]:
 
 
 def load_model(source: str, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
-               name: str = "model") -> ModelRunner:
+               name: str = "model", prefill: PrefillSpec | None = None) -> ModelRunner:
     """Load a causal LM and the tokenizer from the same source.
 
     source: a `save_pretrained` folder, a `.gguf` file (dequantized to `dtype` by transformers' GGUF
-    loader), or a Hugging Face id already in the local cache (never downloaded).
+    loader), or a Hugging Face id already in the local cache (never downloaded). `prefill`: also
+    load a copy in its dtype for long passes (models/prefill.py; the weights' memory once more).
     Raises ValueError when the source does not exist or cannot be read as a model.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
     torch_dtype, dev = parse_dtype(dtype), parse_device(device)
+    if prefill is not None and parse_dtype(prefill.dtype) == torch_dtype:
+        raise ValueError(f"{name}: the prefill dtype {prefill.dtype} is the model's own dtype; a copy would "
+                         f"change nothing (use prefill off)")
     folder, kwargs = resolve_source(source, name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **kwargs)
+        copy = None if prefill is None else PrefillCopy(
+            AutoModelForCausalLM.from_pretrained(folder, dtype=parse_dtype(prefill.dtype), **kwargs).to(dev).eval(),
+            prefill.min_tokens)
     except OSError as err:
         if "local_files_only" in kwargs:
             raise ValueError(f"{name}: {source!r} is not a local folder, a .gguf file, or a Hugging Face "
                              f"id in the local cache (downloads are off): {err}") from None
         raise ValueError(f"{name}: cannot load a model from {source!r}: {err}") from None
-    return ModelRunner(model.to(dev), tokenizer, name=name)
+    return ModelRunner(model.to(dev), tokenizer, name=name, prefill=copy)
 
 
 def check_pair(slm: ModelRunner, llm: ModelRunner) -> None:

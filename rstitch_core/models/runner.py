@@ -9,6 +9,8 @@ from typing import Sequence
 import torch
 from transformers import DynamicCache
 
+from rstitch_core.models.prefill import CastKV, PrefillCopy
+
 
 @dataclass
 class KVCache:
@@ -36,13 +38,15 @@ class ModelRunner:
 
     Every pass feeds only tokens the cache does not hold yet, so a pass over n tokens is a partial
     prefill (n > 1) or a decode step (n = 1) with the same code, and the next-token distribution
-    comes from that same pass.
+    comes from that same pass. With a `prefill` copy (models/prefill.py), passes of at least its
+    min_tokens run on the copy, in its dtype, over the same cache.
     """
 
-    def __init__(self, model, tokenizer, name: str = "model"):
+    def __init__(self, model, tokenizer, name: str = "model", prefill: PrefillCopy | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
+        self.prefill = prefill
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -68,10 +72,13 @@ class ModelRunner:
             raise ValueError(f"{self.name}: num_logits={num_logits} outside [1, {len(token_ids)}]")
         start = time.perf_counter()
         input_ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)  # [1, S]
-        out = self.model(input_ids=input_ids, past_key_values=cache.kv, use_cache=True,
-                         logits_to_keep=num_logits, output_hidden_states=hidden)
+        model, past = self.model, cache.kv
+        if self.prefill is not None and self.prefill.takes(len(token_ids)):
+            model, past = self.prefill.model, CastKV(cache.kv, self.dtype, self.prefill.dtype)
+        out = model(input_ids=input_ids, past_key_values=past, use_cache=True,
+                    logits_to_keep=num_logits, output_hidden_states=hidden)
         logits = out.logits[0, -num_logits:].float()  # [N, V]
-        last_hidden = out.hidden_states[-1][0, -1] if hidden else None  # [D]
+        last_hidden = out.hidden_states[-1][0, -1].to(self.dtype) if hidden else None  # [D]
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         cache.num_tokens += len(token_ids)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from rstitch_core.models.batched import PassRequest, SlotCache, forward_batch, new_slot_kv
+from rstitch_core.models.prefill import CastKV
 from rstitch_core.models.runner import ForwardOutput, ModelRunner
 
 
@@ -104,12 +105,28 @@ class BatchedRunner:
             self._expected = set()
             return batch
 
+    def _passes(self, requests: list[PassRequest]) -> list[tuple]:
+        """forward_batch over `requests`; with a prefill copy, the long ones run on it as a second pass."""
+        prefill = self.base.prefill
+        if prefill is None:
+            return forward_batch(self.base.model, self.kv, requests)
+        results: dict[int, tuple] = {}
+        long = [r for r in requests if prefill.takes(len(r.token_ids))]
+        short = [r for r in requests if not prefill.takes(len(r.token_ids))]
+        if short:
+            results.update(zip(map(id, short), forward_batch(self.base.model, self.kv, short)))
+        if long:
+            kv = CastKV(self.kv, self.kv.dtype, prefill.dtype)
+            for r, (logits, hidden) in zip(long, forward_batch(prefill.model, kv, long)):
+                results[id(r)] = (logits, None if hidden is None else hidden.to(self.kv.dtype))
+        return [results[id(r)] for r in requests]
+
     def _loop(self) -> None:
         while (batch := self._next_batch()) is not None:
             start = time.perf_counter()
             try:
                 with self._kv_lock:
-                    results = forward_batch(self.base.model, self.kv, [r for r, _ in batch])
+                    results = self._passes([r for r, _ in batch])
                 if self.base.device.type == "cuda":
                     import torch
 

@@ -45,6 +45,15 @@ class CostAwareControl:
     chosen: list[int] = field(default_factory=list)  # each round's draft limit (for stats and tests)
 
     def limit(self, lead: Source, max_limit: int, context_tokens: int) -> int:
+        if not self.chosen:
+            # The first round is plain: the LLM prefills the prompt and writes the first token, as
+            # LLM-only does. The first token then comes as soon as LLM-only's would, and requests that
+            # arrive together prefill in one batched pass: one that drafted first (alone for an
+            # instant at a burst's start) prefilled late, a pass of its own that every row of the
+            # batch waited for (about 2% at 4 streams, docs/results.md).
+            self.plain_window = False
+            self.chosen.append(0)
+            return 0
         self.plain_window = self.windows is not None and self.windows.mode(self.load()) == "plain"
         if self.plain_window:
             k = 0  # the windows measure drafting again themselves: no probes
@@ -64,7 +73,9 @@ class CostAwareControl:
     def plain_steps(self) -> int:
         # Decode alone up to the next probe round, where the batch size is looked at again too (in a
         # plain window: WINDOW_PLAIN_TOKENS per call and request, and the windows decide when
-        # drafting returns).
+        # drafting returns). The first round writes one token.
+        if len(self.chosen) == 1:
+            return 0
         steps = (WINDOW_PLAIN_TOKENS * max(1, self.load()) - 1 if self.plain_window
                  else -self.undrafted % PROBE_EVERY)
         self.undrafted += steps

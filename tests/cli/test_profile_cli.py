@@ -39,9 +39,34 @@ def test_profile_measures_once_then_reuses_and_recommends_a_dtype(pair_dirs, tmp
     assert CostProfile.load(tmp_path / "p.float32.json") == measured
     assert CostProfile.load(tmp_path / "p.bfloat16.json").key == bf16_key
     # With both saved, --dtype auto follows them, and says so; explicit dtypes are kept.
-    assert pick_dtype("auto", "cpu", str(pair_dirs[0]), str(pair_dirs[1])) == "float32"
+    assert pick_dtype("auto", "cpu", str(pair_dirs[0]), str(pair_dirs[1])) == ("float32", None)
     assert "the faster decoder in this machine's saved profiles" in capsys.readouterr().err
-    assert pick_dtype("bfloat16", "cpu", str(pair_dirs[0]), str(pair_dirs[1])) == "bfloat16"
+    assert pick_dtype("bfloat16", "cpu", str(pair_dirs[0]), str(pair_dirs[1])) == ("bfloat16", None)
+
+
+def test_auto_prefill_follows_profiles_where_bf16_decodes_faster_but_prefills_slower(pair_dirs, tmp_path,
+                                                                                     monkeypatch, capsys):
+    # The AVX2 case: bf16 decodes (and verifies 8 drafts) faster, float32 runs long passes faster.
+    from rstitch_core.models.prefill import PrefillSpec
+    from rstitch_core.profile import profile_key
+    from rstitch_cli.profile import configs
+
+    monkeypatch.setenv("RSTITCH_CACHE", str(tmp_path / "cache"))
+    slm, llm = str(pair_dirs[0]), str(pair_dirs[1])
+    for dtype, step, per_token in (("bfloat16", 0.2, 0.06), ("float32", 0.55, 0.01)):
+        key = profile_key(*configs((slm, llm, False)), dtype, "cpu")
+        cost = PassCost((step, per_token, 0, 0, 0, 0))
+        CostProfile(key, cost, cost).save(default_path(key))
+    # crossover: 0.55 + 0.01 n <= 0.8 (0.2 + 0.06 n) from n = 11 (0.66 <= 0.688; at 10: 0.65 > 0.64)
+    assert pick_dtype("auto", "cpu", slm, llm) == ("bfloat16", PrefillSpec("float32", 11))
+    assert "passes of >= 11 tokens run on a float32 copy" in capsys.readouterr().err
+    assert pick_dtype("auto", "cpu", slm, llm, prefill="off") == ("bfloat16", None)
+    assert pick_dtype("auto", "cpu", slm, llm, prefill="float32:64") == ("bfloat16", PrefillSpec("float32", 64))
+    assert pick_dtype("float32", "cpu", slm, llm) == ("float32", None)  # the profiles' prefill is for bf16 decoding
+    # Loaded that way, the engine's models carry the copy, and a prompt runs on it.
+    code, out, err = cli(capsys, "generate", "--slm", slm, "--llm", llm, "--prompt", "def add(a, b):",
+                         "--max-new-tokens", "4", "--policy", "llm")
+    assert code == 0 and "passes of >= 11 tokens run on a float32 copy" in err
 
 
 @pytest.mark.parametrize("argv, message", [

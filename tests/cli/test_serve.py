@@ -13,7 +13,7 @@ CONFIG = ROOT / "deploy" / "serve_config.yaml"
 
 
 def ns(**kw):
-    base = dict(slm=None, llm=None, config=None, llm_replicas=None, dtype=None, port=None, metrics_port=8080,
+    base = dict(slm=None, llm=None, config=None, llm_replicas=None, dtype=None, prefill=None, port=None, metrics_port=8080,
                 router=None, shadow_prefill_tokens=None, cost_profile=None)
     return argparse.Namespace(**{**base, **kw})
 

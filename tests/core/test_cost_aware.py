@@ -44,25 +44,32 @@ def test_a_pinned_draft_length_is_kept_even_with_a_profile(close_pair):
     assert got.stats.drafted_tokens > 0 and got.stats.undrafted_rounds == 0
 
 
+def started(control: CostAwareControl) -> CostAwareControl:
+    """The control after its first round, which is always plain: one LLM token, as LLM-only starts."""
+    assert control.limit("slm", 8, 100) == 0 and control.plain_steps() == 0
+    return control
+
+
 def test_drafts_shrink_with_a_falling_acceptance_and_a_growing_batch_and_probes_recover():
-    control = CostAwareControl(MEMORY_BOUND)
+    control = started(CostAwareControl(MEMORY_BOUND))
     first = control.limit("slm", 8, 100)
     for _ in range(30):
         control.observe(first, 0)
     assert first > 0 and control.limit("slm", 8, 100) < first
-    busy = CostAwareControl(MEMORY_BOUND, batch_rows=lambda: 256)
+    busy = started(CostAwareControl(MEMORY_BOUND, batch_rows=lambda: 256))
     assert busy.limit("slm", 8, 100) < first
     # At zero acceptance drafts never pay, but every PROBE_EVERY-th round probes with the drafts
     # that would pay at PROBE_RATE, to re-measure.
     chosen = [control.limit("slm", 8, 100) for _ in range(2 * PROBE_EVERY + 1)]
     probe = choose_draft_limit(MEMORY_BOUND, PROBE_RATE, 1, 100, 8, min_gain=0.0)
     assert probe > 1 and sorted(set(chosen)) == [0, probe] and chosen.count(probe) == 2
-    never = CostAwareControl(COMPUTE_BOUND)
+    never = started(CostAwareControl(COMPUTE_BOUND))
     assert [never.limit("slm", 8, 100) for _ in range(2 * PROBE_EVERY)] == [0] * (2 * PROBE_EVERY)
 
 
 def test_rounds_without_drafts_decode_alone_until_the_next_probe(close_pair):
-    """One VerifyOp covers PROBE_EVERY plain tokens: served, that is one worker call, not one per token."""
+    """One VerifyOp covers PROBE_EVERY plain tokens: served, that is one worker call, not one per token
+    (after the first round's one token)."""
     from rstitch_core.policies.loop import Handoff, Steps, decode
     from rstitch_core.policies.phases import VerifyOp, run_phase
     from rstitch_core.sampling import Sampler
@@ -85,8 +92,8 @@ def test_rounds_without_drafts_decode_alone_until_the_next_probe(close_pair):
                 next(phase)
             except StopIteration as stop:
                 steps.result = stop.value
-    assert seq.num_generated == 40 and len(ops) == -(-40 // PROBE_EVERY)
-    assert all(op.plain_steps == PROBE_EVERY - 1 for op in ops[:-1])
+    assert seq.num_generated == 40 and len(ops) == 1 + -(-39 // PROBE_EVERY)
+    assert ops[0].plain_steps == 0 and all(op.plain_steps == PROBE_EVERY - 1 for op in ops[1:-1])
     assert seq.stats.undrafted_rounds == seq.stats.llm.forward_passes == 40
 
 
@@ -167,4 +174,52 @@ def test_a_request_alone_is_left_to_the_profile():
     # Plain decoding streams more, and yet: one request has no batching effect for windows to see.
     rounds = served(windows, clock, 1, draft_tps=3.0, plain_tps=5.0, seconds=100)
     assert windows.current is None and windows.rate(1, "plain") is None
-    assert drafted_share(rounds) == 1.0  # the profile's choice on MEMORY_BOUND: drafts pay
+    assert rounds[0] == (False, 1)  # the first round: the LLM prefills the prompt and writes a token
+    assert drafted_share(rounds[1:]) == 1.0  # then the profile's choice on MEMORY_BOUND: drafts pay
+
+
+def windows_modes(windows, clock, load, count):
+    """The modes of `count` windows at `load`, one round each, tokens streaming throughout."""
+    modes = []
+    for _ in range(count):
+        modes.append(windows.mode(load))
+        clock.now += 4.0
+        windows.emitted(150)
+        clock.now += 0.1
+    return modes
+
+
+def test_a_higher_load_samples_drafting_first_only_where_a_lower_load_measured_it_faster():
+    from rstitch_core.draft_windows import DraftWindows
+
+    # No evidence below (the loads 2-3 never seen): 16 streams run plainly until the exploring turn.
+    clock = FakeClock()
+    windows = DraftWindows(window_s=4.0, clock=clock)
+    modes = windows_modes(windows, clock, 16, 12)
+    assert modes[:9] == ["plain"] * 9 and "draft" in modes  # ... which then measures drafting
+    assert windows.rate(16, "draft") is not None
+    # Drafting lost at 2 streams (the lowest windowed load, sampled both ways at once): same at 16.
+    clock = FakeClock()
+    windows = DraftWindows(window_s=4.0, clock=clock)
+    served(windows, clock, 2, draft_tps=5.0, plain_tps=7.0, seconds=60)
+    assert windows.rate(2, "draft") < windows.rate(2, "plain")
+    assert windows_modes(windows, clock, 16, 9) == ["plain"] * 9
+    # Drafting won at 2 streams: 16 streams sample it right after plain decoding.
+    clock = FakeClock()
+    windows = DraftWindows(window_s=4.0, clock=clock)
+    served(windows, clock, 2, draft_tps=9.0, plain_tps=7.0, seconds=60)
+    assert windows_modes(windows, clock, 16, 2) == ["plain", "draft"]
+
+
+def test_exploring_windows_grow_rarer_while_the_verdict_stands_and_recover_when_it_turns():
+    from rstitch_core.draft_windows import DraftWindows
+
+    clock = FakeClock()
+    windows = DraftWindows(window_s=4.0, clock=clock)
+    rounds = served(windows, clock, 8, draft_tps=19.0, plain_tps=27.0, seconds=2000)
+    bucket = windows.bucket(8)
+    assert windows.explored[bucket][1] == windows.max_explore_every
+    assert drafted_share(rounds[len(rounds) // 2:]) < 0.03  # an interval of 8 windows gave ~0.08
+    # Drafting becomes the faster mode: the next exploring window sees it and the verdict turns.
+    rounds = served(windows, clock, 8, draft_tps=40.0, plain_tps=27.0, seconds=clock.now + 1000)
+    assert windows.best[bucket] == "draft" and drafted_share(rounds[len(rounds) // 2:]) > 0.7

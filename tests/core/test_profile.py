@@ -133,9 +133,15 @@ def test_choose_dtype_follows_the_decode_and_verify_costs():
     bf16 = dtype_profile("bfloat16", step=0.17, per_token=0.14)
     fp32 = dtype_profile("float32", step=0.40, per_token=0.05)
     choice = choose_dtype([bf16, fp32], draft_tokens=8)
-    assert choice.dtype == "float32" and choice.prefill_dtype == "float32"
+    assert choice.dtype == "float32" and choice.prefill_dtype == "float32" and choice.prefill is None
     assert any(line.startswith("bfloat16: LLM decode step") for line in choice.lines)
     assert choose_dtype([bf16, fp32], draft_tokens=1).dtype == "bfloat16"
+    # Decoding one token at a time bf16 wins; passes of >= 5 tokens are 20% cheaper in float32 (0.65 <= 0.8 x 0.87).
+    choice = choose_dtype([bf16, fp32], draft_tokens=0)
+    assert (choice.dtype, choice.prefill_dtype, choice.prefill_min_tokens) == ("bfloat16", "float32", 5)
+    assert choice.prefill.dtype == "float32" and "recommended prefill: float32:5" in choice.lines[-1]
+    native = dtype_profile("bfloat16", step=0.17, per_token=0.01)  # AMX: bf16 wins both, no copy
+    assert choose_dtype([native, fp32]).prefill is None
     with pytest.raises(ValueError, match="differ only in dtype: hardware"):
         choose_dtype([bf16, CostProfile(ProfileKey(**{**vars(KEY), "hardware": "x"}), bf16.slm, bf16.llm)])
 
@@ -156,3 +162,14 @@ def test_cached_or_measured_measures_once_then_reuses(engine, tmp_path, monkeypa
 def test_a_bad_grid_is_refused(change, message):
     with pytest.raises(ValueError, match=message):
         Grid(**{**vars(SMALL_GRID), **change})
+
+
+def test_an_isa_limit_in_the_environment_is_another_machine(monkeypatch):
+    from rstitch_core.profile import hardware_name
+
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    plain = hardware_name(torch.device("cpu"))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert hardware_name(torch.device("cpu")) == f"{plain} [ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2]"

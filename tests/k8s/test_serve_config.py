@@ -174,3 +174,13 @@ def test_shadow_prefill_tokens_reaches_the_router():
     router = build_app({"shadow_prefill_tokens": 16})._bound_deployment
     bound = inspect.signature(Frontend.__init__).bind(None, *router.init_args, **router.init_kwargs)
     assert bound.arguments["shadow_prefill_tokens"] == 16
+
+
+def test_prefill_reaches_the_workers_and_is_validated():
+    from services.app import AppConfig
+
+    assert AppConfig.from_args({"prefill": "float32:24"}).worker("llm").prefill == "float32:24"
+    assert AppConfig().worker("slm").prefill == "off"  # auto is resolved by rstitch serve, not by a worker
+    for bad in ("fp8", "float32:1", 32):
+        with pytest.raises(ValueError, match="prefill"):
+            AppConfig.from_args({"prefill": bad})

@@ -61,6 +61,9 @@ def stop(proc: subprocess.Popen) -> list[int]:
         except ProcessLookupError:
             pass
     proc.wait(timeout=10)
+    deadline = time.monotonic() + 10  # SIGKILL is delivered asynchronously: wait for the exits
+    while session_pids(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
     return leftover
 
 
