@@ -39,3 +39,21 @@ def test_a_cancelled_call_frees_its_session_without_a_release_call(pair_dirs):
     # The request is over: a call that was already on its way cannot bring the session back.
     with pytest.raises(SessionReleased):
         asyncio.run(anext(worker.run(call)))
+
+
+def test_a_worker_loads_the_prefill_copy_its_config_names(pair_dirs):
+    import torch
+
+    worker = LLMWorker(WorkerConfig(str(pair_dirs[1]), dtype="bfloat16", prefill="float32:4", device="cpu"))
+    base = worker.runner.base  # the batched runner's model
+    assert base.dtype == torch.bfloat16 and base.prefill.dtype == torch.float32 and base.prefill.min_tokens == 4
+    cache = worker.runner.new_cache()
+    try:  # a 6-token prompt goes to the copy, the next token to the bf16 model, through the scheduler
+        prompt = worker.runner.forward(cache, [5, 6, 7, 8, 9, 10])
+        step = worker.runner.forward(cache, [int(prompt.logits[0].argmax())])
+        assert cache.num_tokens == 7 and prompt.logits.dtype == step.logits.dtype == torch.float32
+    finally:
+        worker.runner.release(cache)
+        worker.runner.close()
+    with pytest.raises(ValueError, match="prefill dtype must be one of"):
+        WorkerConfig(str(pair_dirs[1]), prefill="int8:4")
