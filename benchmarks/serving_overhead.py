@@ -36,8 +36,8 @@ def main() -> int:
     from rstitch_cli.bench import PROMPTS
     from rstitch_core import Engine, Generation, RoutingParams, SamplingParams
     from rstitch_core.assets import ensure_default_pair
-    from services.app import GRPC_SERVICER, build_app
     from rstitch_core.models.loading import resolve_dtype
+    from services.app import GRPC_SERVICER, build_app
     from services.client import RStitchClient
 
     slm, llm = (args.slm, args.llm) if args.slm else map(str, ensure_default_pair())

@@ -40,12 +40,15 @@ def pick_dtype(dtype: str, device: str, slm: str, llm: str, quiet: bool = False,
         if not quiet:
             print(f"dtype: {chosen} (auto: {why}; --dtype overrides)", file=sys.stderr, flush=True)
     if prefill != "auto":
-        spec, why = PrefillSpec.parse(prefill), "--prefill"
+        spec, reason = PrefillSpec.parse(prefill), "--prefill"
     else:
         spec = measured.prefill if measured is not None and measured.dtype == chosen else None
-        why = "auto: faster there in this machine's saved profiles"
+        reason = "auto: faster there in this machine's saved profiles"
+    if spec is not None and spec.dtype == chosen:  # caught here, before any model (or Ray) loads
+        raise ValueError(f"--prefill {spec}: the models already run in {chosen}, so a {spec.dtype} copy would "
+                         f"change nothing; use --prefill off or another --dtype")
     if spec is not None and not quiet:
-        print(f"prefill: passes of >= {spec.min_tokens} tokens run on a {spec.dtype} copy of each model ({why}; "
+        print(f"prefill: passes of >= {spec.min_tokens} tokens run on a {spec.dtype} copy of each model ({reason}; "
               f"it holds the weights once more; --prefill off disables)", file=sys.stderr, flush=True)
     return chosen, spec
 

@@ -144,9 +144,9 @@ def ensure_models(app_args: dict) -> None:
         if not is_default_pair_installed():
             raise ValueError(f"no models given and the embedded default pair is not installed: {INSTALL_HINT}")
         slm, llm = map(str, ensure_default_pair())
-    if "auto" in (cfg.dtype, cfg.prefill):  # resolved here, where the cost profile is keyed and the choice is stated
-        dtype, prefill = pick_dtype(cfg.dtype, worker_device(cfg), slm, llm, prefill=cfg.prefill)
-        app_args["dtype"], app_args["prefill"] = dtype, "off" if prefill is None else str(prefill)
+    # Resolved (auto) and checked here, where the cost profile is keyed and the choice is stated.
+    dtype, prefill = pick_dtype(cfg.dtype, worker_device(cfg), slm, llm, prefill=cfg.prefill)
+    app_args["dtype"], app_args["prefill"] = dtype, "off" if prefill is None else str(prefill)
 
 
 @contextmanager

@@ -63,6 +63,8 @@ def test_auto_prefill_follows_profiles_where_bf16_decodes_faster_but_prefills_sl
     assert pick_dtype("auto", "cpu", slm, llm, prefill="off") == ("bfloat16", None)
     assert pick_dtype("auto", "cpu", slm, llm, prefill="float32:64") == ("bfloat16", PrefillSpec("float32", 64))
     assert pick_dtype("float32", "cpu", slm, llm) == ("float32", None)  # the profiles' prefill is for bf16 decoding
+    with pytest.raises(ValueError, match="already run in float32, so a float32 copy would change nothing"):
+        pick_dtype("float32", "cpu", slm, llm, prefill="float32:8")
     # Loaded that way, the engine's models carry the copy, and a prompt runs on it.
     code, out, err = cli(capsys, "generate", "--slm", slm, "--llm", llm, "--prompt", "def add(a, b):",
                          "--max-new-tokens", "4", "--policy", "llm")
