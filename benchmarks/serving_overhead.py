@@ -48,7 +48,7 @@ def main() -> int:
         port = s.getsockname()[1]
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     serve.start(grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[GRPC_SERVICER]))
-    serve.run(build_app({"slm": slm, "llm": llm, "dtype": args.dtype, "torch_threads": threads}),
+    serve.run(build_app({"slm": slm, "llm": llm, "dtype": args.dtype, "threads": threads}),
               name="rstitch", route_prefix="/")
     engine = Engine.load(slm, llm, dtype=args.dtype)
     sampling = SamplingParams(max_new_tokens=args.max_new_tokens)

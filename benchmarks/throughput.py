@@ -35,7 +35,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--slm"), p.add_argument("--llm")
-    p.add_argument("--dtype", default="auto", help="auto: bfloat16 (float16 on a GPU without it)")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "llamacpp"),
+                   help="auto: llama.cpp for GGUF files on a CPU (the embedded pair), else torch")
+    p.add_argument("--dtype", default="auto", help="torch: auto = bfloat16 (float16 on a GPU without it)")
     p.add_argument("--levels", default="1,4,8,16", help="concurrency levels (default: %(default)s)")
     p.add_argument("--policies", default="llm,speculative,rstitch,verified",
                    help="comma list of POLICY[:relaxed=R][:k=N][:tau=T]; llm comes first (default: %(default)s)")
@@ -48,7 +50,8 @@ def main() -> int:
                    help="run each level N times and report the last: the earlier runs let cost-aware policies "
                         "learn the front end's measured round speeds at that load (default: %(default)s)")
     p.add_argument("--compare-unbatched", action="store_true")
-    p.add_argument("--torch-threads", type=int, help="torch threads per worker (default: all cores each)")
+    p.add_argument("--threads", "--torch-threads", type=int, dest="threads",
+                   help="CPU threads per worker's passes (default: all cores each)")
     p.add_argument("--shadow-prefill-tokens", type=int, default=0, metavar="N",
                    help="also measure R-Stitch with shadow prefill after N unseen tokens (default: off)")
     p.add_argument("--json", metavar="FILE")
@@ -76,11 +79,12 @@ def run(args, levels: list[int]) -> dict:
     from ray.serve.config import gRPCOptions
 
     from rstitch_core.assets import ensure_default_pair
-    from rstitch_core.models.loading import resolve_dtype
+    from rstitch_core.models.loading import resolve_backend, resolve_dtype
     from services.app import GRPC_SERVICER, build_app
 
-    slm, llm = (args.slm, args.llm) if args.slm else map(str, ensure_default_pair())
-    args.dtype = resolve_dtype(args.dtype, "cpu")  # recorded with the figures
+    args.backend, _ = resolve_backend(args.backend, [args.slm, args.llm] if args.slm else ["default.gguf"], "cpu")
+    slm, llm = (args.slm, args.llm) if args.slm else map(str, ensure_default_pair(backend=args.backend))
+    args.dtype = "gguf" if args.backend == "llamacpp" else resolve_dtype(args.dtype, "cpu")  # recorded with the figures
     profile = serving_profile(args.cost_profile, slm, llm, args.dtype)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -89,9 +93,10 @@ def run(args, levels: list[int]) -> dict:
     figures: dict = {"levels": {}, "unbatched": None, "shadow": None, "threshold": args.threshold,
                      "max_new_tokens": args.max_new_tokens, "cpus": os.cpu_count(), "cost_profile": profile,
                      "policies": list(args.routings)}
-    app = {"slm": slm, "llm": llm, "dtype": args.dtype, "slm_num_cpus": 0.5, "llm_num_cpus": 0.5,
-           "max_sessions": max(64, max(levels)), "torch_threads": args.torch_threads, "cost_profile": profile}
-    figures["torch_threads"] = args.torch_threads
+    app = {"slm": slm, "llm": llm, "backend": args.backend, "slm_num_cpus": 0.5, "llm_num_cpus": 0.5,
+           "max_sessions": max(64, max(levels)), "threads": args.threads, "cost_profile": profile,
+           **({"prefill": "off"} if args.backend == "llamacpp" else {"dtype": args.dtype})}
+    figures["threads"], figures["backend"] = args.threads, args.backend
     try:
         serve.start(grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[GRPC_SERVICER]))
         serve.run(build_app(app), name="rstitch", route_prefix="/")
@@ -132,9 +137,10 @@ def serving_profile(choice: str, slm: str, llm: str, dtype: str) -> str | None:
         return str(Path(choice).resolve())
     from transformers import AutoConfig
 
-    from rstitch_core.profile import default_path, profile_key
+    from rstitch_core.profile import default_path, gguf_key, profile_key
 
-    key = profile_key(AutoConfig.from_pretrained(slm), AutoConfig.from_pretrained(llm), dtype, "cpu")
+    key = (gguf_key(slm, llm) if dtype == "gguf"
+           else profile_key(AutoConfig.from_pretrained(slm), AutoConfig.from_pretrained(llm), dtype, "cpu"))
     path = default_path(key)
     if not path.is_file():
         print(f"no saved cost profile for this machine ({path}); run `rstitch profile` for cost-aware drafts",
@@ -227,7 +233,7 @@ def _median(values: list[float]) -> float | None:
 
 def print_table(f: dict, args) -> None:
     print(f"{f['max_new_tokens']} new tokens per request, tau = {f['threshold']}, greedy, {f['cpus']} CPUs, "
-          f"torch threads per worker: {f['torch_threads'] or 'all'}, one request per stream, all streams started "
+          f"backend {f.get('backend', 'torch')}, threads per worker: {f.get('threads') or 'all'}, one request per stream, all streams started "
           f"together; cost profile: {f.get('cost_profile') or 'none (drafts run to their limit)'}")
     for role, b in (f.get("batching") or {}).items():
         if b and b["steps"]:

@@ -16,7 +16,7 @@ import time
 from rstitch_cli.common import add_model_args, load_engine
 from rstitch_core import Engine, Generation, RoutingParams, SamplingParams
 from rstitch_core.config import parse_routing_spec
-from rstitch_core.models.runner import ModelRunner
+from rstitch_core.models.backend import ModelBackend
 
 # Short grade-school maths problems written for this benchmark (not from any evaluation set).
 PROMPTS = [
@@ -50,7 +50,7 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def decode_seconds(runner: ModelRunner, context: list[int], reps: int) -> float:
+def decode_seconds(runner: ModelBackend, context: list[int], reps: int) -> float:
     """Median wall time of one decode step at about len(context) cached tokens."""
     cache = runner.new_cache()
     token = int(runner.forward(cache, context).logits[-1].argmax())
@@ -59,10 +59,11 @@ def decode_seconds(runner: ModelRunner, context: list[int], reps: int) -> float:
         out = runner.forward(cache, [token])
         token = int(out.logits[-1].argmax())
         times.append(out.seconds)
+    runner.release(cache)
     return statistics.median(times[1:])
 
 
-def prefill_seconds(runner: ModelRunner, context: list[int], k: int, reps: int) -> float:
+def prefill_seconds(runner: ModelBackend, context: list[int], k: int, reps: int) -> float:
     """Median wall time of a partial prefill of k tokens on top of a cache holding `context`."""
     cache = runner.new_cache()
     runner.forward(cache, context)
@@ -71,6 +72,7 @@ def prefill_seconds(runner: ModelRunner, context: list[int], k: int, reps: int) 
     for _ in range(reps + 1):
         times.append(runner.forward(cache, extra).seconds)
         cache.crop(len(context))
+    runner.release(cache)
     return statistics.median(times[1:])
 
 

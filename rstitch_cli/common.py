@@ -6,11 +6,38 @@ import argparse
 import sys
 
 from rstitch_core import Engine
-from rstitch_core.models.loading import parse_device, parse_dtype, resolve_source
+from rstitch_core.models.loading import BACKEND_CHOICES, parse_device, parse_dtype, resolve_source
 from rstitch_core.models.prefill import PrefillSpec
 
 
 DTYPE_CHOICES = ["auto", "float32", "bfloat16", "float16"]
+DEFAULT_PAIR_AS_GGUF = ("default-slm.gguf", "default-llm.gguf")  # what the embedded pair is, for resolve_backend
+
+
+def pick_backend(backend: str, slm: str | None, llm: str | None, device: str, quiet: bool = False) -> str:
+    """--backend resolved for these sources (None, None: the embedded pair, GGUF files) on `device`,
+    and the choice stated on stderr."""
+    from rstitch_core.models.loading import resolve_backend
+
+    sources = (slm, llm) if slm is not None else DEFAULT_PAIR_AS_GGUF
+    chosen, why = resolve_backend(backend, sources, device)
+    if not quiet:
+        print(f"backend: {chosen} ({why}; --backend overrides)", file=sys.stderr, flush=True)
+    return chosen
+
+
+def check_llamacpp_args(dtype: str, prefill: str, quiet: bool = False) -> None:
+    """--dtype/--prefill say how torch computes; on llama.cpp the GGUF files' own quantization does.
+    Auto/off are fine and said so; an explicit dtype is refused rather than silently ignored."""
+    if dtype != "auto":
+        raise ValueError(f"--dtype {dtype} applies to the torch backend; the llama.cpp backend computes in the GGUF "
+                         f"files' own quantization (use --backend torch to dequantize to {dtype})")
+    if prefill not in ("auto", "off"):
+        raise ValueError(f"--prefill {prefill} applies to the torch backend; the llama.cpp backend runs every pass "
+                         f"in the GGUF files' own quantization (use --backend torch, or --prefill off)")
+    if not quiet:
+        print("dtype: the GGUF files' own quantization (llama.cpp backend: --dtype and --prefill do not apply)",
+              file=sys.stderr, flush=True)
 
 
 def pick_dtype(dtype: str, device: str, slm: str, llm: str, quiet: bool = False, prefill: str = "auto"
@@ -67,6 +94,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models (default: the embedded Qwen2.5-Coder 0.5B/1.5B pair)")
     g.add_argument("--slm", metavar="SRC", help="small model: save_pretrained folder, .gguf file or cached HF id")
     g.add_argument("--llm", metavar="SRC", help="large model: same forms as --slm")
+    g.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help="auto = llama.cpp on a CPU when the weights are GGUF files (the embedded pair is), torch for "
+                        "save_pretrained folders and on GPUs (default: %(default)s)")
     g.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="weights dtype; auto = the faster decoder of this machine's saved bfloat16/float32 "
                         "profiles, else bfloat16 (default: %(default)s)")
@@ -82,8 +112,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
 
 
-def model_sources(args: argparse.Namespace, quiet: bool = False) -> tuple[str, str]:
-    """--slm/--llm, or the embedded default pair (assembled into the local cache on first use)."""
+def model_sources(args: argparse.Namespace, quiet: bool = False, backend: str = "torch") -> tuple[str, str]:
+    """--slm/--llm, or the embedded default pair as `backend` runs it (GGUF files for llamacpp,
+    bf16 folders for torch; assembled into the local cache on first use)."""
     if (args.slm is None) != (args.llm is None):
         raise ValueError("give both --slm and --llm, or neither to use the embedded default pair")
     if args.slm is not None:
@@ -92,7 +123,7 @@ def model_sources(args: argparse.Namespace, quiet: bool = False) -> tuple[str, s
 
     if not is_default_pair_installed():
         raise ValueError(f"no --slm/--llm given and the embedded default pair is not installed: {INSTALL_HINT}")
-    slm, llm = ensure_default_pair(progress=not quiet)
+    slm, llm = ensure_default_pair(progress=not quiet, backend=backend)
     return str(slm), str(llm)
 
 
@@ -100,27 +131,37 @@ def load_engine(args: argparse.Namespace, quiet: bool = False) -> Engine:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-shard bars would bury the one line that matters
-    slm, llm = model_sources(args, quiet)
-    resolve_source(slm, "slm"), resolve_source(llm, "llm")  # fail fast, before the slow part
-    args.dtype, prefill = pick_dtype(args.dtype, args.device, slm, llm, quiet, getattr(args, "prefill", "off"))
-    parse_dtype(args.dtype), parse_device(args.device), parse_device(args.llm_device or args.device)
+    parse_device(args.device), parse_device(args.llm_device or args.device)
+    if args.slm is not None or args.llm is not None:  # bad sources fail first, before anything is said or loaded
+        for name, source in zip(("slm", "llm"), model_sources(args, quiet)):
+            resolve_source(source, name)
+    args.backend = pick_backend(getattr(args, "backend", "auto"), args.slm, args.llm, args.device, quiet)
+    if args.backend == "llamacpp":
+        check_llamacpp_args(args.dtype, getattr(args, "prefill", "off"), quiet)
+    slm, llm = model_sources(args, quiet, args.backend)
+    if args.backend == "torch":
+        args.dtype, prefill = pick_dtype(args.dtype, args.device, slm, llm, quiet, getattr(args, "prefill", "off"))
+        parse_dtype(args.dtype)
+    else:
+        args.dtype, prefill = "gguf", None
     if not quiet:
-        print(f"loading slm={slm} llm={llm} ({args.dtype}, {args.device})", file=sys.stderr, flush=True)
+        print(f"loading slm={slm} llm={llm} ({args.backend}, {args.dtype}, {args.device})", file=sys.stderr,
+              flush=True)
     engine = Engine.load(slm, llm, dtype=args.dtype, device=args.device, llm_device=args.llm_device,
-                         prefill=prefill)
-    use_cost_profile(engine, getattr(args, "cost_profile", "off"), args.dtype, quiet)
+                         prefill=prefill, backend=args.backend)
+    use_cost_profile(engine, getattr(args, "cost_profile", "off"), quiet)
     return engine
 
 
-def use_cost_profile(engine: Engine, choice: str, dtype: str, quiet: bool = False):
+def use_cost_profile(engine: Engine, choice: str, quiet: bool = False):
     """Give the engine cost-aware draft control from a saved profile (--cost-profile); returns it."""
     from rstitch_core.draft_control import drafting_can_pay
     from rstitch_core.policies.cost_aware import cost_aware
-    from rstitch_core.profile import CostProfile, cached_profile, profile_key
+    from rstitch_core.profile import CostProfile, cached_profile, runner_key
 
     if choice == "off":
         return None
-    key = profile_key(engine.slm.model.config, engine.llm.model.config, dtype, engine.llm.device)
+    key = runner_key(engine.slm, engine.llm)
     profile = cached_profile(key) if choice == "auto" else CostProfile.load(choice, expect=key)
     engine.draft_control = cost_aware(profile)
     if not quiet:

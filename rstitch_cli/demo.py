@@ -25,8 +25,10 @@ def add_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=512, help="budget (default: %(default)s)")
     p.add_argument("--slm", metavar="SRC", help="small model (default: the embedded pair)")
     p.add_argument("--llm", metavar="SRC", help="large model")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "llamacpp"),
+                   help="auto = llama.cpp on a CPU for GGUF files (the embedded pair), else torch (default: %(default)s)")
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
-                   help="auto = the faster decoder of this machine's saved bfloat16/float32 profiles, else bfloat16 "
+                   help="torch backend: auto = the faster decoder of this machine's saved bfloat16/float32 profiles, else bfloat16 "
                         "(default: %(default)s)")
     p.add_argument("--prefill", default="auto", metavar="auto|off|DTYPE[:N]",
                    help="passes of >= N new tokens (the prompt) on a copy of each model in DTYPE; auto = where this "
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.problem < len(problems):
         raise ValueError(f"--problem must be in [0, {len(problems) - 1}], got {args.problem}")
     problem = problems[args.problem]
-    app_args = {"dtype": args.dtype, "prefill": args.prefill, **({"slm": args.slm, "llm": args.llm} if args.slm else {})}
+    app_args = {"backend": args.backend, "dtype": args.dtype, "prefill": args.prefill, **({"slm": args.slm, "llm": args.llm} if args.slm else {})}
     ensure_models(app_args)
     if routing.cost_aware:  # only speculative/verified use it: the others need not wait for a profile
         resolve_cost_profile(app_args)

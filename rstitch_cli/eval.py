@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from rstitch_cli.common import add_model_args, load_engine, model_sources
+from rstitch_cli.common import add_model_args, load_engine, model_sources, pick_backend
 from rstitch_core import RoutingParams, SamplingParams
 
 
@@ -109,8 +109,12 @@ def backend_settings(args: argparse.Namespace) -> dict:
         if args.slm or args.llm:
             raise ValueError("--slm/--llm do not apply with --through-server (the server holds the models)")
         return {"backend": "server"}
-    slm, llm = model_sources(args)
-    return {"backend": "in-process", "slm": slm, "llm": llm, "dtype": args.dtype}
+    engine = pick_backend(args.backend, args.slm, args.llm, args.device, quiet=True)
+    slm, llm = model_sources(args, backend=engine)
+    settings = {"backend": "in-process", "slm": slm, "llm": llm, "dtype": args.dtype}
+    if engine != "torch":  # runs made before there was a llama.cpp backend were torch runs, and resume as such
+        settings.update(dtype="gguf", model_backend=engine)
+    return settings
 
 
 def make_backend(args: argparse.Namespace, router=None):

@@ -1,6 +1,7 @@
 """`rstitch profile`: time this machine's forward passes for a model pair and save its cost profile.
 
-  rstitch profile                                     the embedded default pair, bfloat16, CPU
+  rstitch profile                                     the embedded default pair (llama.cpp on a CPU)
+  rstitch profile --backend torch --dtype bfloat16,float32
   rstitch profile --slm SRC --llm SRC --dtype float32
   rstitch profile --shapes qwen2.5-1.5b,qwen2.5-7b --device cuda --dtype bfloat16,float32
 
@@ -24,6 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("--llm", metavar="SRC", help="large model: same forms as --slm")
     p.add_argument("--shapes", metavar="SLM,LLM", help="random-weight models of built-in shapes instead "
                    "(qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b): profiles a machine without the weights")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "llamacpp"),
+                   help="auto = llama.cpp on a CPU for GGUF files (the embedded pair), else torch (default: %(default)s)")
     p.add_argument("--dtype", default="auto", help="comma list of auto, float32, bfloat16, float16 "
                    "(default: %(default)s); with several, the faster one is recommended")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
@@ -39,15 +42,21 @@ def run(args: argparse.Namespace) -> int:
     from rstitch_core.models.loading import parse_device, resolve_dtype
     from rstitch_core.profile import choose_dtype
 
+    from rstitch_cli.common import check_llamacpp_args, pick_backend
+
     parse_device(args.device)
-    # auto: the dtype generate/serve would pick here
-    dtypes = list(dict.fromkeys(resolve_dtype(d.strip(), args.device) for d in args.dtype.split(",") if d.strip()))
-    if not dtypes:
-        raise ValueError(f"--dtype must name at least one dtype, got {args.dtype!r}")
     if args.context < 0:
         raise ValueError(f"--context must be >= 0, got {args.context}")
-    pair = pair_sources(args)
-    profiles = [obtain(args, pair, dtype, out_path(args.out, dtype, len(dtypes))) for dtype in dtypes]
+    backend = "torch" if args.shapes is not None else pick_backend(args.backend, args.slm, args.llm, args.device)
+    if backend == "llamacpp":
+        check_llamacpp_args(args.dtype, "off")
+        dtypes = ["gguf"]
+    else:  # auto: the dtype generate/serve would pick here
+        dtypes = list(dict.fromkeys(resolve_dtype(d.strip(), args.device) for d in args.dtype.split(",") if d.strip()))
+    if not dtypes:
+        raise ValueError(f"--dtype must name at least one dtype, got {args.dtype!r}")
+    pair = pair_sources(args, backend)
+    profiles = [obtain(args, pair, dtype, out_path(args.out, dtype, len(dtypes)), backend) for dtype in dtypes]
     for profile in profiles:
         print(describe(profile, args.context))
     if len(profiles) > 1:
@@ -55,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def pair_sources(args: argparse.Namespace) -> tuple[str, str, bool]:
+def pair_sources(args: argparse.Namespace, backend: str = "torch") -> tuple[str, str, bool]:
     """(slm, llm, are_shapes): --shapes names or model sources (the default pair if none given)."""
     if args.shapes is not None:
         if args.slm or args.llm:
@@ -69,7 +78,7 @@ def pair_sources(args: argparse.Namespace) -> tuple[str, str, bool]:
         return names[0], names[1], True
     from rstitch_cli.common import model_sources
 
-    slm, llm = model_sources(args)
+    slm, llm = model_sources(args, backend=backend)
     return slm, llm, False
 
 
@@ -79,12 +88,13 @@ def out_path(out: str | None, dtype: str, num_dtypes: int) -> Path | None:
     return Path(out).with_suffix(f".{dtype}.json")
 
 
-def obtain(args: argparse.Namespace, pair: tuple[str, str, bool], dtype: str, out: Path | None):
+def obtain(args: argparse.Namespace, pair: tuple[str, str, bool], dtype: str, out: Path | None,
+           backend: str = "torch"):
     """The cached profile for this key, or a freshly measured one (saved to `out` or the cache)."""
-    from rstitch_core.profile import cached_profile, default_path, profile_key
+    from rstitch_core.profile import cached_profile, default_path, gguf_key, profile_key
     from rstitch_core.profiling import profile_pair, stderr_log
 
-    key = profile_key(*configs(pair), dtype, args.device)
+    key = gguf_key(pair[0], pair[1]) if backend == "llamacpp" else profile_key(*configs(pair), dtype, args.device)
     cached = None if args.force else cached_profile(key)
     if cached is not None:
         stderr_log(f"{dtype}: reusing {default_path(key)} (--force measures again)")
@@ -92,7 +102,7 @@ def obtain(args: argparse.Namespace, pair: tuple[str, str, bool], dtype: str, ou
             cached.save(out)
         return cached
     stderr_log(f"{dtype}: building {pair[0]} and {pair[1]} on {args.device} ({key.hardware})")
-    slm, llm = load_pair(pair, dtype, args.device)
+    slm, llm = load_pair(pair, dtype, args.device, backend)
     profile = profile_pair(slm, llm, log=stderr_log)
     path = profile.save(out or default_path(key))
     stderr_log(f"{dtype}: wrote {path}")
@@ -113,14 +123,15 @@ def configs(pair: tuple[str, str, bool]):
                  (resolve_source(slm, "slm"), resolve_source(llm, "llm")))
 
 
-def load_pair(pair: tuple[str, str, bool], dtype: str, device: str):
+def load_pair(pair: tuple[str, str, bool], dtype: str, device: str, backend: str = "torch"):
     from rstitch_core.models.loading import load_model
     from rstitch_core.shapes import build_shape
 
     slm, llm, shapes = pair
     if shapes:
         return build_shape(slm, dtype, device, seed=0), build_shape(llm, dtype, device, seed=1)
-    return load_model(slm, dtype, device, "slm"), load_model(llm, dtype, device, "llm")
+    return (load_model(slm, dtype, device, "slm", backend=backend),
+            load_model(llm, dtype, device, "llm", backend=backend))
 
 
 def describe(profile, context: int) -> str:

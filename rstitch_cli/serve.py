@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import yaml
 
-from rstitch_cli.common import DTYPE_CHOICES, pick_dtype
+from rstitch_cli.common import DTYPE_CHOICES, check_llamacpp_args, pick_backend, pick_dtype
 
 
 def add_parser(sub) -> None:
@@ -30,7 +30,10 @@ def add_parser(sub) -> None:
                    "(the SLM worker runs it)")
     p.add_argument("--shadow-prefill-tokens", type=int, metavar="N",
                    help="the LLM worker prefills the SLM's tokens in the background once N are unseen (default: 0, off)")
-    p.add_argument("--dtype", choices=DTYPE_CHOICES, help="weights dtype; auto (the default) = the faster "
+    p.add_argument("--backend", choices=("auto", "torch", "llamacpp"), help="auto (the default) = llama.cpp on a "
+                   "CPU when the weights are GGUF files (the embedded pair is), torch for save_pretrained folders and "
+                   "on GPUs")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, help="torch backend: weights dtype; auto (the default) = the faster "
                    "decoder of this machine's saved bfloat16/float32 profiles, else bfloat16")
     p.add_argument("--prefill", metavar="auto|off|DTYPE[:N]",
                    help="passes of >= N new tokens (prompt prefills) on a copy of each model in DTYPE, e.g. float32:32 "
@@ -63,6 +66,7 @@ def app_settings(args: argparse.Namespace) -> tuple[dict, int]:
         app_args = dict(apps[0].get("args") or {})
         port = (config.get("grpc_options") or {}).get("port", port)
     for flag, key in (("slm", "slm"), ("llm", "llm"), ("llm_replicas", "llm_replicas"), ("dtype", "dtype"),
+                      ("backend", "backend"),
                       ("prefill", "prefill"), ("router", "router"), ("shadow_prefill_tokens", "shadow_prefill_tokens"),
                       ("cost_profile", "cost_profile")):
         if getattr(args, flag) is not None:
@@ -118,9 +122,11 @@ def resolve_cost_profile(app_args: dict) -> None:
     from services.app import AppConfig
 
     cfg = AppConfig.from_args(app_args)
-    slm, llm = (cfg.slm, cfg.llm) if cfg.slm else map(str, ensure_default_pair(progress=False))
+    backend = cfg.backend if cfg.backend != "auto" else "torch"  # ensure_models resolved it before
+    slm, llm = (cfg.slm, cfg.llm) if cfg.slm else map(str, ensure_default_pair(progress=False, backend=backend))
     device = worker_device(cfg)
-    profile = obtain(Namespace(device=device, force=False), (slm, llm, False), resolve_dtype(cfg.dtype, device), None)
+    dtype = "gguf" if backend == "llamacpp" else resolve_dtype(cfg.dtype, device)
+    profile = obtain(Namespace(device=device, force=False), (slm, llm, False), dtype, None, backend)
     app_args["cost_profile"] = str(default_path(profile.key))
     print(f"rstitch: cost profile {app_args['cost_profile']}", file=sys.stderr, flush=True)
 
@@ -138,12 +144,22 @@ def ensure_models(app_args: dict) -> None:
 
     cfg = AppConfig.from_args(app_args)  # bad args fail here, before Ray starts
     slm, llm = cfg.slm, cfg.llm
+    backend = app_args["backend"] = pick_backend(cfg.backend, slm, llm, worker_device(cfg))
+    if backend == "llamacpp":
+        check_llamacpp_args(cfg.dtype, cfg.prefill)
+        if cfg.router is not None:
+            from rstitch_core.models.llamacpp import HIDDEN_REFUSAL
+
+            raise ValueError(f"--router: R-Stitch+ on the embedded pair or GGUF files: {HIDDEN_REFUSAL}")
     if slm is None:
         from rstitch_core.assets import INSTALL_HINT, ensure_default_pair, is_default_pair_installed
 
         if not is_default_pair_installed():
             raise ValueError(f"no models given and the embedded default pair is not installed: {INSTALL_HINT}")
-        slm, llm = map(str, ensure_default_pair())
+        slm, llm = map(str, ensure_default_pair(backend=backend))
+    if backend == "llamacpp":
+        app_args["dtype"], app_args["prefill"] = "auto", "off"
+        return
     # Resolved (auto) and checked here, where the cost profile is keyed and the choice is stated.
     dtype, prefill = pick_dtype(cfg.dtype, worker_device(cfg), slm, llm, prefill=cfg.prefill)
     app_args["dtype"], app_args["prefill"] = dtype, "off" if prefill is None else str(prefill)

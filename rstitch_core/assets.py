@@ -2,8 +2,10 @@
 
 Both ship as Q4_K_M GGUF files cut into raw chunks inside PyPI packages (the `models` extra); each
 package `<prefix><i>` holds `<module>/data/partNN.bin` and the file is the parts joined in order.
-On first use the parts are joined, checked against a pinned sha256, dequantized to bfloat16 and
-saved as plain transformers folders: a GGUF load costs ~40 s, a folder load a second or two.
+On first use the parts are joined and checked against a pinned sha256; the joined GGUF files are
+kept, and are what the llama.cpp backend runs as they are (ensure_default_pair(backend="llamacpp")).
+The torch backend dequantizes them once to bfloat16 `save_pretrained` folders: a GGUF load through
+transformers costs ~40 s, a folder load a second or two.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ if TYPE_CHECKING:
 
 INSTALL_HINT = "pip install 'rstitch[models]'"
 CACHE_ENV = "RSTITCH_CACHE"
-KEEP_GGUF_ENV = "RSTITCH_KEEP_GGUF"
 MARKER = ".rstitch-complete"
+GGUF_MARKER_SUFFIX = ".verified"  # beside a joined file: its sha256, size and mtime when it was checked
 _CHUNK = 8 << 20
 
 
@@ -97,10 +99,11 @@ def missing_packages(asset: Asset) -> list[str]:
 
 
 def is_default_pair_installed(cache_dir: str | Path | None = None) -> bool:
-    """Whether `ensure_default_pair` can succeed offline: packages present, or folders converted."""
+    """Whether `ensure_default_pair` can succeed offline: packages present, or files joined/folders converted."""
     root = cache_root(cache_dir)
     return all(
-        (root / "hf" / a.name / MARKER).is_file() or not missing_packages(a) for a in (SLM_ASSET, LLM_ASSET)
+        (root / "hf" / a.name / MARKER).is_file() or _verified_gguf(a, root) is not None or not missing_packages(a)
+        for a in (SLM_ASSET, LLM_ASSET)
     )
 
 
@@ -190,35 +193,69 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
+def _verified_gguf(asset: Asset, root: Path) -> Path | None:
+    """The joined file of `asset` if its marker says it was verified as it is now (size, mtime), else None."""
+    gguf = root / "gguf" / f"{asset.name}.gguf"
+    marker = gguf.with_name(gguf.name + GGUF_MARKER_SUFFIX)
+    try:
+        stat = gguf.stat()
+        if marker.read_text().split() == [asset.sha256, str(stat.st_size), str(stat.st_mtime_ns)]:
+            return gguf
+    except OSError:
+        pass
+    return None
+
+
+def ensure_gguf(asset: Asset, cache_dir: str | Path | None = None, progress: bool = True) -> Path:
+    """The joined, checksummed GGUF file of `asset` under `<cache>/gguf/`, joined on first use and kept.
+
+    A file is hashed once: a marker beside it records its sha256 with its size and mtime, and a file
+    that changed since is hashed again (and joined again from the parts if it no longer matches).
+    """
+    root = cache_root(cache_dir)
+    found = _verified_gguf(asset, root)
+    if found is not None:
+        return found
+    gguf = root / "gguf" / f"{asset.name}.gguf"
+    gguf.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(gguf.parent / f".{asset.name}.lock"):
+        if (found := _verified_gguf(asset, root)) is not None:  # another process finished while we waited
+            return found
+        try:
+            verify(asset, gguf)
+        except (FileNotFoundError, AssetChecksumError):
+            assemble(asset, gguf, progress)
+        stat = gguf.stat()
+        marker = gguf.with_name(gguf.name + GGUF_MARKER_SUFFIX)
+        marker.write_text(f"{asset.sha256} {stat.st_size} {stat.st_mtime_ns}\n")
+    return gguf
+
+
 def ensure_asset(
     asset: Asset,
     cache_dir: str | Path | None = None,
     progress: bool = True,
     convert: Callable[[Path, Path], None] = convert_gguf,
 ) -> Path:
-    """The converted folder of `asset` under `<cache>/hf/<name>`, built on first use.
+    """The converted folder of `asset` under `<cache>/hf/<name>`, built on first use (torch backend).
 
     The folder appears by one rename of a finished temp folder whose marker was written last, so an
-    interrupted run leaves nothing that looks complete. The joined `.gguf` is deleted after conversion
-    to save disk, unless `$RSTITCH_KEEP_GGUF` is set (then it is kept and re-verified when reused).
+    interrupted run leaves nothing that looks complete. The joined `.gguf` stays (ensure_gguf): it is
+    what the llama.cpp backend runs.
     """
     root = cache_root(cache_dir)
     out = root / "hf" / asset.name
     if (out / MARKER).is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
+    gguf = ensure_gguf(asset, cache_dir, progress)
     with _lock(out.parent / f".{asset.name}.lock"):
         if (out / MARKER).is_file():  # another process finished while we waited
             return out
-        gguf = root / "gguf" / f"{asset.name}.gguf"
-        try:
-            verify(asset, gguf)
-        except (FileNotFoundError, AssetChecksumError):
-            assemble(asset, gguf, progress)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{asset.name}.", suffix=".partial"))
         try:
             if progress:
-                print(f"rstitch: converting {asset.name} to bfloat16 (once)", file=sys.stderr)
+                print(f"rstitch: converting {asset.name} to bfloat16 for the torch backend (once)", file=sys.stderr)
             convert(gguf, tmp)
             # mkdtemp and safetensors write owner-only files; a cache baked into an image as root
             # must stay readable by the user that serves from it.
@@ -229,18 +266,20 @@ def ensure_asset(
             os.replace(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        if not os.environ.get(KEEP_GGUF_ENV):
-            gguf.unlink(missing_ok=True)
     return out
 
 
-def ensure_default_pair(cache_dir: str | Path | None = None, progress: bool = True) -> tuple[Path, Path]:
-    """(slm_dir, llm_dir): bfloat16 `save_pretrained` folders of the default pair, built on first use.
+def ensure_default_pair(cache_dir: str | Path | None = None, progress: bool = True,
+                        backend: str = "torch") -> tuple[Path, Path]:
+    """(slm, llm) of the default pair for `backend`, built on first use.
 
-    First use needs the `models` extra (`pip install 'rstitch[models]'`), ~2 min, 4.6 GB of disk
-    (~6 GB at peak) and ~6 GB of RAM; later calls return at once, even if the chunk packages were
-    uninstalled since. The joined .gguf files are deleted afterwards (see `ensure_asset`).
+    llamacpp: the joined Q4_K_M GGUF files, run as they are (1.6 GB of disk, ~10 s to join once).
+    torch: bfloat16 `save_pretrained` folders dequantized from them (~2 min once, 4.6 GB more disk,
+    ~6 GB of RAM). First use needs the `models` extra (`pip install 'rstitch[models]'`); later calls
+    return at once, even if the chunk packages were uninstalled since.
     """
+    if backend == "llamacpp":
+        return ensure_gguf(SLM_ASSET, cache_dir, progress), ensure_gguf(LLM_ASSET, cache_dir, progress)
     return ensure_asset(SLM_ASSET, cache_dir, progress), ensure_asset(LLM_ASSET, cache_dir, progress)
 
 

@@ -9,7 +9,7 @@ from rstitch_core.events import Event, Source
 from rstitch_core.generation import Generation  # re-exported: it used to live here
 from rstitch_core.models.loading import check_pair, load_model
 from rstitch_core.models.prefill import PrefillSpec
-from rstitch_core.models.runner import ModelRunner
+from rstitch_core.models.backend import ModelBackend
 from rstitch_core.policies.loop import DraftControl, run_local
 from rstitch_core.policies.router import SwitchRouter
 from rstitch_core.prompts import check_prompt_ids, check_request, encode_prompt
@@ -20,7 +20,7 @@ from rstitch_core.sequence import ModelState, Sequence as Seq
 class Engine:
     """Holds the SLM and the LLM (same tokenizer, checked) and decodes requests one at a time."""
 
-    def __init__(self, slm: ModelRunner, llm: ModelRunner):
+    def __init__(self, slm: ModelBackend, llm: ModelBackend):
         check_pair(slm, llm)
         self.slm, self.llm = slm, llm
         self.tokenizer = llm.tokenizer
@@ -30,11 +30,12 @@ class Engine:
 
     @classmethod
     def load(cls, slm: str, llm: str, dtype: str = "float32", device: str = "cpu",
-             llm_device: str | None = None, prefill: PrefillSpec | None = None) -> Engine:
-        """Load both models (the LLM on `llm_device` if given, else `device`) and check the pair;
-        `prefill`: both models run long passes on a copy in its dtype (models/prefill.py)."""
-        return cls(load_model(slm, dtype, device, name="slm", prefill=prefill),
-                   load_model(llm, dtype, llm_device or device, name="llm", prefill=prefill))
+             llm_device: str | None = None, prefill: PrefillSpec | None = None, backend: str = "torch") -> Engine:
+        """Load both models (the LLM on `llm_device` if given, else `device`) on `backend` (torch or
+        llamacpp) and check the pair; `prefill` (torch): both models run long passes on a copy in its
+        dtype (models/prefill.py)."""
+        return cls(load_model(slm, dtype, device, name="slm", prefill=prefill, backend=backend),
+                   load_model(llm, dtype, llm_device or device, name="llm", prefill=prefill, backend=backend))
 
     def encode(self, prompt: str | None = None, messages: Sequence[dict] | None = None) -> list[int]:
         """Prompt text or chat messages -> token ids; rejects prompts that fill the context window."""

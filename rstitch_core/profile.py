@@ -141,6 +141,22 @@ def profile_key(slm_config, llm_config, dtype: str | torch.dtype, device: str | 
     return ProfileKey(model_id(slm_config), model_id(llm_config), dtype, device.type, hardware_name(device), threads)
 
 
+def runner_key(slm, llm) -> ProfileKey:
+    """The key of a loaded pair on any backend (ModelBackend: model_id, weights, threads)."""
+    return ProfileKey(slm.model_id, llm.model_id, llm.weights, llm.device.type, hardware_name(llm.device),
+                      llm.threads)
+
+
+def gguf_key(slm_path: str | Path, llm_path: str | Path, threads: int | None = None) -> ProfileKey:
+    """The key a pair of GGUF files has on the llama.cpp backend here, read from their headers
+    (what runner_key gives once they are loaded with `threads`, default every core we may use)."""
+    from rstitch_core.models.gguf_info import GGUFInfo
+
+    threads = threads or len(os.sched_getaffinity(0))
+    return ProfileKey(GGUFInfo.read(slm_path).model_id, GGUFInfo.read(llm_path).model_id, "gguf", "cpu",
+                      hardware_name(torch.device("cpu")), threads)
+
+
 def default_path(key: ProfileKey, cache_dir: str | Path | None = None) -> Path:
     """Where a profile for `key` is kept: <rstitch cache>/profiles/<key slug>.json."""
     from rstitch_core.assets import cache_root

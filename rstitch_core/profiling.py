@@ -1,10 +1,10 @@
 """Time a model pair's forward passes over a small grid and fit their CostProfile.
 
-The cached context is fabricated: the cache is filled with zero keys and values of the wanted
-length instead of being prefilled, because a pass's time depends on the cache's shape, not its
-contents, and prefilling 512 tokens would cost more than the rest of the grid on a 2-core CPU.
-Single-row passes go through ModelRunner.forward (the engine's path); b-row passes through
-forward_batch over a SlotKV (the workers' path), when the model supports batching.
+Works on any backend (models/backend.py). The cached context comes from the backend's
+filled_cache(): torch fabricates zero keys and values of the wanted length (a pass's time depends
+on the cache's shape, not its contents); llama.cpp prefills them. Single-row passes go through
+forward() (the engine's path); b-row passes through the backend's BatchPool (the workers' path),
+when the model supports batching.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from rstitch_core.costmodel import fit_pass_cost
-from rstitch_core.models.batched import PassRequest, forward_batch, new_slot_kv, supports_batching
-from rstitch_core.models.runner import KVCache, ModelRunner
-from rstitch_core.profile import CostProfile, profile_key
+from rstitch_core.models.backend import Cache, ModelBackend, PassRequest
+from rstitch_core.profile import CostProfile, runner_key
 
 
 @dataclass(frozen=True)
@@ -58,37 +57,45 @@ def default_grid(device: torch.device) -> Grid:
     return GPU_GRID if device.type == "cuda" else CPU_GRID
 
 
-def measure(runner: ModelRunner, grid: Grid, log=None) -> tuple[list[list], bool]:
+def measure(runner: ModelBackend, grid: Grid, log=None) -> tuple[list[list], bool]:
     """Timed points [n, kv, b, logits, seconds] of `runner`, and whether batched passes were timed.
 
     The grid is visited `grid.rounds` times and each point keeps its least time: other work on the
     machine only ever adds time, and a burst of it then spoils one visit, not the point. Busy
     machines still inflate every figure: profile a quiet one.
     """
-    _time(lambda: runner.forward(_fabricated_cache(runner, 8), [1, 2]), grid)  # warm-up, untimed
-    caches = {kv: _fabricated_cache(runner, kv) for kv in grid.contexts}
+    warm = runner.filled_cache(8)
+    _time(lambda: (runner.forward(warm, [1, 2]), warm.crop(8)), grid)  # warm-up, untimed
+    _release(runner, warm)
+    caches = {kv: runner.filled_cache(kv) for kv in grid.contexts}
     # Contexts alternate, and every other round runs backwards, so a burst of other work lands on
     # neighbours of different kv and n instead of bending the fit's kv or n slope.
     jobs = [((n, kv, 1, n), _single(runner, caches[kv], n)) for n in grid.sizes for kv in grid.contexts]
     jobs += [((n, 0, 1, 1), _prefill(runner, n)) for n in grid.prefills]
-    why_not = supports_batching(runner.model)
-    if why_not is None:
-        jobs += _batched_jobs(runner, grid)
+    why_not = runner.batching_off_reason()
+    pool = runner.batch_pool() if why_not is None and grid.batch_rows else None
+    pooled: list[Cache] = []
+    if pool is not None:
+        jobs += _batched_jobs(runner, pool, grid, pooled)
     elif log and grid.batch_rows:
         log(f"{runner.name}: no batched passes ({why_not}); batch costs are extrapolated")
     best: dict[tuple, float] = {}
-    for r in range(grid.rounds):
-        for point, run in (jobs if r % 2 == 0 else reversed(jobs)):
-            best[point] = min(best.get(point, float("inf")), _time(run, grid))
+    try:
+        for r in range(grid.rounds):
+            for point, run in (jobs if r % 2 == 0 else reversed(jobs)):
+                best[point] = min(best.get(point, float("inf")), _time(run, grid))
+    finally:
+        for cache in [*caches.values(), *pooled]:
+            _release(runner, cache)
     return [[*point, best[point]] for point, _ in jobs], why_not is None
 
 
-def profile_pair(slm: ModelRunner, llm: ModelRunner, grid: Grid | None = None, log=None) -> CostProfile:
+def profile_pair(slm: ModelBackend, llm: ModelBackend, grid: Grid | None = None, log=None) -> CostProfile:
     """Measure and fit both models of a pair; `log(line)` hears about progress."""
-    if slm.dtype != llm.dtype or slm.device != llm.device:
-        raise ValueError(f"profile both models in one dtype on one device, got slm {slm.dtype} on {slm.device} "
-                         f"and llm {llm.dtype} on {llm.device}")
-    key = profile_key(slm.model.config, llm.model.config, llm.dtype, llm.device)
+    if slm.weights != llm.weights or slm.device != llm.device:
+        raise ValueError(f"profile both models in one dtype on one device, got slm {slm.weights} on {slm.device} "
+                         f"and llm {llm.weights} on {llm.device}")
+    key = runner_key(slm, llm)
     grid = grid or default_grid(llm.device)
     costs, points, batched = {}, {}, True
     for name, runner in (("slm", slm), ("llm", llm)):
@@ -100,11 +107,11 @@ def profile_pair(slm: ModelRunner, llm: ModelRunner, grid: Grid | None = None, l
     return CostProfile(key, costs["slm"], costs["llm"], batched, points)
 
 
-def cached_or_measured(slm: ModelRunner, llm: ModelRunner, cache_dir=None, log=None) -> CostProfile:
+def cached_or_measured(slm: ModelBackend, llm: ModelBackend, cache_dir=None, log=None) -> CostProfile:
     """The pair's saved profile for this machine, or a fresh one measured now and saved (start-up)."""
     from rstitch_core.profile import cached_profile, default_path
 
-    key = profile_key(slm.model.config, llm.model.config, llm.dtype, llm.device)
+    key = runner_key(slm, llm)
     profile = cached_profile(key, cache_dir)
     if profile is None:
         profile = profile_pair(slm, llm, log=log)
@@ -133,11 +140,11 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _tokens(runner: ModelRunner, n: int) -> list[int]:
+def _tokens(runner: ModelBackend, n: int) -> list[int]:
     return [(i * 7919 + 13) % runner.vocab_size for i in range(n)]
 
 
-def _single(runner: ModelRunner, cache: KVCache, n: int):
+def _single(runner: ModelBackend, cache: Cache, n: int):
     """A verify-style pass of n tokens on `cache`, cropped back after so every visit sees the same kv."""
     def run():
         kv = cache.num_tokens
@@ -146,41 +153,36 @@ def _single(runner: ModelRunner, cache: KVCache, n: int):
     return run
 
 
-def _prefill(runner: ModelRunner, n: int):
-    return lambda: runner.forward(runner.new_cache(), _tokens(runner, n))
+def _prefill(runner: ModelBackend, n: int):
+    def run():
+        cache = runner.new_cache()
+        runner.forward(cache, _tokens(runner, n))
+        _release(runner, cache)
+    return run
 
 
-def _fabricated_cache(runner: ModelRunner, kv: int) -> KVCache:
-    """A cache holding kv positions of zero keys/values (see the module docstring)."""
-    cache = runner.new_cache()
-    if kv == 0:
-        return cache
-    config = runner.model.config.get_text_config() if hasattr(runner.model.config, "get_text_config") \
-        else runner.model.config
-    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    zeros = torch.zeros(1, heads, kv, head_dim, dtype=runner.dtype, device=runner.device)  # [1, H, kv, D]
-    for layer in range(config.num_hidden_layers):
-        cache.kv.update(zeros.clone(), zeros.clone(), layer)
-    cache.num_tokens = kv
-    return cache
+def _release(runner: ModelBackend, cache: Cache) -> None:
+    """Give a cache back where the backend holds it outside Python (a llama.cpp sequence)."""
+    if hasattr(cache, "release"):
+        cache.release()
 
 
-def _batched_jobs(runner: ModelRunner, grid: Grid) -> list:
-    """b rows of verify-style passes at the first context, through the workers' batched path."""
+def _batched_jobs(runner: ModelBackend, pool, grid: Grid, pooled: list) -> list:
+    """b rows of verify-style passes at the first context, through the workers' batched path; the
+    caches they use are added to `pooled` (to release)."""
     jobs, kv = [], grid.contexts[0]
-    pool = new_slot_kv(runner.model)
     for b in grid.batch_rows:
-        caches = [pool.allocate() for _ in range(b)]
+        caches = [runner.filled_cache(kv, pool) for _ in range(b)]
+        pooled += caches
         jobs += [((n, kv, b, n), _batched(runner, pool, caches, kv, n)) for n in grid.batch_sizes]
     return jobs
 
 
-def _batched(runner: ModelRunner, pool, caches: list, kv: int, n: int):
+def _batched(runner: ModelBackend, pool, caches: list, kv: int, n: int):
     def run():
+        pool.run([PassRequest(c, _tokens(runner, n), n) for c in caches])
         for c in caches:
-            c.num_tokens = kv  # the slots' zero entries stand for the context
-        forward_batch(runner.model, pool, [PassRequest(c, _tokens(runner, n), n) for c in caches])
+            c.crop(kv)
     return run
 
 

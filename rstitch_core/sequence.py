@@ -10,7 +10,7 @@ from typing import Sequence as Seq
 from rstitch_core.config import SamplingParams
 from rstitch_core.events import (Direction, FinishEvent, FinishReason, GenerationStats, ModelStats,
                                  Source, SwitchEvent, TokenEvent)
-from rstitch_core.models.runner import ForwardOutput, KVCache, ModelRunner
+from rstitch_core.models.backend import Cache, ForwardOutput, ModelBackend
 from rstitch_core.text import IncrementalDetokenizer, TextOutput
 
 
@@ -24,9 +24,9 @@ class ModelState:
     """One model's view of one sequence: its KV cache (allocated on the model's first turn)."""
 
     source: Source
-    runner: ModelRunner
+    runner: ModelBackend
     stats: ModelStats
-    cache: KVCache | None = None
+    cache: Cache | None = None
     # (new tokens, cached tokens before) per forward pass: what a cost model prices a trajectory by
     passes: list[tuple[int, int]] = field(default_factory=list)
 
@@ -58,8 +58,8 @@ class ModelState:
             self.runner.idle(self.cache)
 
     def release(self) -> None:
-        """Free the cache (a batched runner's slot goes back to its pool)."""
-        if self.cache is not None and hasattr(self.runner, "release"):
+        """Free the cache (a batched runner's slot, a llama.cpp sequence)."""
+        if self.cache is not None:
             self.runner.release(self.cache)
         self.cache = None
 

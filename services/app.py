@@ -33,6 +33,9 @@ class AppConfig:
 
     slm: str | None = None
     llm: str | None = None
+    # torch | llamacpp | auto: llama.cpp on a CPU for GGUF files (the embedded pair), else torch.
+    # rstitch serve resolves it and states the choice; a worker given auto applies the same rule.
+    backend: str = "auto"
     dtype: str = "auto"  # rstitch serve resolves it (saved profiles, else bf16); a worker resolves it to bf16/fp16
     # "DTYPE[:N]": passes of >= N tokens on a copy in DTYPE (CPUs that emulate bf16); rstitch serve
     # resolves auto from the saved profiles, a worker given auto runs without a copy.
@@ -53,7 +56,7 @@ class AppConfig:
     max_sessions: int = 64
     max_concurrent_requests: int = 64  # per front-end replica; beyond it RESOURCE_EXHAUSTED
     max_cached_tokens: int = 262_144
-    torch_threads: int | None = None
+    threads: int | None = None  # CPU threads of each worker's passes (None: every core it may use)
     default_threshold: float = 0.02  # tau for requests that leave routing.threshold unset
     router: str | None = None  # R-Stitch+ router file for POLICY_RSTITCH_PLUS; loaded by the SLM worker
     batching: bool = True  # each worker runs its sessions' passes as one batched pass per step
@@ -79,23 +82,30 @@ class AppConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.prefill != "auto":
             PrefillSpec.parse(self.prefill)  # raises ValueError quoting a bad value
+        if self.backend not in ("auto", "torch", "llamacpp"):
+            raise ValueError(f"backend must be auto, torch or llamacpp, got {self.backend!r}")
         value = self.shadow_prefill_tokens
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"shadow_prefill_tokens must be an integer >= 0 (0: off), got {value!r}")
 
     @classmethod
     def from_args(cls, args: dict[str, Any] | None) -> AppConfig:
+        args = dict(args or {})
+        if "torch_threads" in args and "threads" not in args:  # the old spelling, from before llama.cpp
+            args["threads"] = args.pop("torch_threads")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(args or {}) - known)
+        unknown = sorted(set(args) - known)
         if unknown:
             raise ValueError(f"unknown app args {unknown}; accepted: {sorted(known)}")
-        return cls(**(args or {}))
+        return cls(**args)
 
     def worker(self, role: str) -> WorkerConfig:
-        return WorkerConfig(getattr(self, role), self.dtype, "off" if self.prefill == "auto" else self.prefill,
-                            getattr(self, f"{role}_device"),
-                            self.max_sessions, self.max_cached_tokens, self.torch_threads,
-                            self.router if role == "slm" else None, self.batching, self.batch_linger_s)
+        return WorkerConfig(getattr(self, role), backend=self.backend, dtype=self.dtype,
+                            prefill="off" if self.prefill == "auto" else self.prefill,
+                            device=getattr(self, f"{role}_device"), max_sessions=self.max_sessions,
+                            max_cached_tokens=self.max_cached_tokens, threads=self.threads,
+                            router=self.router if role == "slm" else None, batching=self.batching,
+                            batch_linger_s=self.batch_linger_s)
 
     def actor_options(self, role: str) -> dict:
         options = {"num_cpus": getattr(self, f"{role}_num_cpus"), "num_gpus": getattr(self, f"{role}_num_gpus")}

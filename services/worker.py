@@ -20,8 +20,7 @@ import torch
 
 from rstitch_core.config import Policy
 from rstitch_core.events import ModelStats, Source
-from rstitch_core.models.batched import supports_batching
-from rstitch_core.models.loading import load_model
+from rstitch_core.models.loading import load_model, resolve_backend
 from rstitch_core.models.prefill import PrefillSpec
 from rstitch_core.models.scheduler import BatchedRunner
 from rstitch_core.policies.phases import run_phase
@@ -33,17 +32,24 @@ from services.session_store import Session, SessionReleased, SessionStore, TurnC
 __all__ = ["LLMWorker", "ModelWorker", "SLMWorker", "SessionReleased", "TurnCall", "WorkerBusy", "WorkerConfig"]
 
 
+LLAMACPP_MAX_SEQUENCES = 256  # llama.cpp's sequence limit per context
+# KV positions a llama.cpp worker allocates at start (all its sessions together): 65536 positions are
+# 1.8 GB for the 1.5B in f16. The session store evicts idle sessions to stay within them.
+LLAMACPP_MAX_CACHED_TOKENS = 65_536
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     """How a worker loads its model and bounds its memory."""
 
     source: str | None  # None: the embedded default pair's model for this role
-    dtype: str = "auto"  # resolved on the worker's node (rstitch_core.models.loading.resolve_dtype)
+    backend: str = "auto"  # torch | llamacpp | auto (resolved on the worker's node: models.loading.resolve_backend)
+    dtype: str = "auto"  # torch: resolved on the worker's node (rstitch_core.models.loading.resolve_dtype)
     prefill: str = "off"  # "DTYPE[:N]": long passes on a copy in DTYPE (rstitch_core/models/prefill.py)
     device: str = "auto"  # "auto": the GPU Ray assigned this replica, else the CPU
     max_sessions: int = 64
     max_cached_tokens: int = 262_144
-    torch_threads: int | None = None  # None: every core this process may use
+    threads: int | None = None  # CPU threads of a pass (torch or llama.cpp); None: every core this process may use
     router: str | None = None  # SLM only: an R-Stitch+ router file, consulted in rstitch+ turns
     batching: bool = True  # run concurrent sessions' passes as one batched pass per step
     batch_linger_s: float = 0.02  # how long a step waits for the previous step's sessions
@@ -56,8 +62,17 @@ class WorkerConfig:
         if not isinstance(self.max_cached_tokens, int) or self.max_cached_tokens < 1:
             raise ValueError(f"max_cached_tokens must be an integer >= 1, got {self.max_cached_tokens!r}")
         PrefillSpec.parse(self.prefill)  # raises ValueError quoting a bad value
-        if self.torch_threads is not None and (not isinstance(self.torch_threads, int) or self.torch_threads < 1):
-            raise ValueError(f"torch_threads must be an integer >= 1, got {self.torch_threads!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ValueError(f"threads must be an integer >= 1, got {self.threads!r}")
+        if self.backend not in ("auto", "torch", "llamacpp"):
+            raise ValueError(f"backend must be auto, torch or llamacpp, got {self.backend!r}")
+        if self.backend == "llamacpp" and (self.dtype != "auto" or self.prefill != "off"):
+            raise ValueError(f"dtype {self.dtype!r} / prefill {self.prefill!r}: the llama.cpp backend computes in the "
+                             f"GGUF files' own quantization (leave dtype auto and prefill off, or use backend torch)")
+        if self.backend == "llamacpp" and self.max_sessions > LLAMACPP_MAX_SEQUENCES:
+            raise ValueError(f"max_sessions must be <= {LLAMACPP_MAX_SEQUENCES} on the llama.cpp backend (its sequence "
+                             f"limit), got {self.max_sessions!r}")
 
 
 @dataclass
@@ -73,13 +88,20 @@ class ModelWorker:
 
     def __init__(self, config: WorkerConfig):
         self.config = config
-        torch.set_num_threads(config.torch_threads or len(os.sched_getaffinity(0)))
+        threads = config.threads or len(os.sched_getaffinity(0))
+        torch.set_num_threads(threads)
         device = config.device
         if device == "auto":
             device = "cuda:0" if torch.cuda.is_available() else "cpu"
-        base = load_model(resolve_model_source(config.source, self.role), config.dtype, device, name=self.role,
-                          prefill=PrefillSpec.parse(config.prefill))
-        why_not = supports_batching(base.model) if config.batching else "batching is off"
+        backend = config.backend
+        if backend == "auto":
+            backend, _ = resolve_backend(backend, [config.source or "default.gguf"], device)
+        source = resolve_model_source(config.source, self.role, backend)
+        # llama.cpp allocates its KV memory up front: as many positions as the store may hold, bounded
+        base = load_model(source, config.dtype, device, name=self.role, prefill=PrefillSpec.parse(config.prefill),
+                          backend=backend, threads=threads, max_sequences=config.max_sessions,
+                          context_tokens=min(config.max_cached_tokens, LLAMACPP_MAX_CACHED_TOKENS))
+        why_not = base.batching_off_reason() if config.batching else "batching is off"
         # Batched: each session's loop runs in its own thread and blocks in forward() until the
         # scheduler's next batched pass; unbatched: one pass at a time on one thread.
         self.metrics = WorkerMetrics(self.role)
@@ -93,7 +115,8 @@ class ModelWorker:
 
             # Running it here, next to the hidden states, costs no extra round trip.
             self.router = LearnedRouter.load(config.router, slm=self.runner)
-        self.store = SessionStore(self.role, config.max_sessions, config.max_cached_tokens, self._new_session,
+        max_cached = min(config.max_cached_tokens, getattr(base, "capacity", config.max_cached_tokens))
+        self.store = SessionStore(self.role, config.max_sessions, max_cached, self._new_session,
                                   on_change=self.metrics.state, on_evict=self.metrics.evicted)
         self.shadow_counters = ShadowCounters()
         self.replica = _replica_id() or "local"  # reported with each call: the front end batches releases by it
@@ -182,7 +205,7 @@ class ModelWorker:
                 "rss_bytes": psutil.Process().memory_info().rss, **asdict(store.counters),
                 **asdict(self.shadow_counters),
                 "batching": asdict(self.runner.stats) if isinstance(self.runner, BatchedRunner) else None,
-                "slots_in_use": self.runner.kv.slots_in_use if isinstance(self.runner, BatchedRunner) else None}
+                "slots_in_use": self.runner.pool.slots_in_use if isinstance(self.runner, BatchedRunner) else None}
 
     def _new_session(self, call: TurnCall) -> Session:
         """An empty session for the call's request (the store brings it in line with the call)."""
@@ -206,13 +229,14 @@ class ModelWorker:
         return await asyncio.wrap_future(session.forward)
 
 
-def resolve_model_source(source: str | None, role: Source) -> str:
-    """A model source, or for None the embedded default pair's model (assembled on this node)."""
+def resolve_model_source(source: str | None, role: Source, backend: str = "torch") -> str:
+    """A model source, or for None the embedded default pair's model as `backend` runs it (assembled
+    on this node)."""
     if source is not None:
         return source
     from rstitch_core.assets import ensure_default_pair
 
-    slm, llm = ensure_default_pair(progress=False)
+    slm, llm = ensure_default_pair(progress=False, backend=backend)
     return str(slm if role == "slm" else llm)
 
 

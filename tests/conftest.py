@@ -58,3 +58,38 @@ def router_file(engine, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("router") / "router.safetensors"
     make_router(engine.slm, tau=0.5, seed=3).save(path)
     return path
+
+
+def _write_gguf_pair(root: Path, slm_model, llm_model, tokenizer) -> tuple[Path, Path]:
+    from gguf_writer import write_gguf
+
+    return write_gguf(root / "slm.gguf", slm_model, tokenizer), write_gguf(root / "llm.gguf", llm_model, tokenizer)
+
+
+@pytest.fixture(scope="session")
+def gguf_pair(pair_dirs, tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny pair of `pair_dirs` as F32 GGUF files (the same weights, exactly)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    models = [AutoModelForCausalLM.from_pretrained(d) for d in pair_dirs]
+    return _write_gguf_pair(tmp_path_factory.mktemp("gguf"), *models, AutoTokenizer.from_pretrained(pair_dirs[0]))
+
+
+@pytest.fixture(scope="session")
+def llamacpp_engine(gguf_pair):
+    """The GGUF pair on the llama.cpp backend (skipped, with the reason, where llama-cpp-python is missing)."""
+    from rstitch_core.models.llamacpp import llamacpp_available
+
+    missing = llamacpp_available()
+    if missing is not None:
+        pytest.skip(missing)
+    from rstitch_core import Engine
+
+    return Engine.load(*map(str, gguf_pair), backend="llamacpp")
+
+
+@pytest.fixture(scope="session")
+def close_gguf_pair(close_pair, tmp_path_factory) -> tuple[Path, Path]:
+    """close_pair (an LLM that is a perturbed SLM: drafts are often accepted) as F32 GGUF files."""
+    return _write_gguf_pair(tmp_path_factory.mktemp("close-gguf"), close_pair.slm.model, close_pair.llm.model,
+                            close_pair.tokenizer)

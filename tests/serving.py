@@ -59,7 +59,7 @@ class LocalFrontend:
     """The real front end (Frontend, RemoteSession, workers) in this process, no Ray: its gRPC API on
     a grpc.aio server, on an event loop of its own thread (services/local.py)."""
 
-    def __init__(self, slm: str, llm: str, **frontend_kwargs):
+    def __init__(self, slm: str, llm: str, dtype: str = "float32", **frontend_kwargs):
         import asyncio
         import threading
 
@@ -70,7 +70,7 @@ class LocalFrontend:
         self.thread.start()
 
         async def start():
-            self.frontend = local_frontend(slm, llm, "float32", **frontend_kwargs)
+            self.frontend = local_frontend(slm, llm, dtype, **frontend_kwargs)
             return await start_grpc(self.frontend)
 
         self.server, port = self.call(start())

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
+from rstitch_core.models.backend import PassRequest
+from rstitch_core.models.prefill import CastKV
+
 _INITIAL_CAPACITY = 256
 
 
@@ -119,16 +122,6 @@ class SlotKV:
         return self._length
 
 
-@dataclass
-class PassRequest:
-    """One sequence's part of a batched pass (ModelRunner.forward's arguments)."""
-
-    cache: SlotCache
-    token_ids: list[int]
-    num_logits: int = 1
-    hidden: bool = False
-
-
 def supports_batching(model) -> str | None:
     """None if `model` can run batched passes over a SlotKV, else the reason it cannot."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -174,3 +167,38 @@ def forward_batch(model, kv: SlotKV, requests: list[PassRequest]) -> list[tuple[
         start += r.num_logits
         r.cache.num_tokens += n
     return results
+
+
+class TorchBatchPool:
+    """The torch backend's BatchPool: a SlotKV of the runner's model; with a prefill copy
+    (models/prefill.py), a pass's long rows run on the copy as a second pass over the same slots."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.kv = new_slot_kv(runner.model)
+
+    def allocate(self) -> SlotCache:
+        return self.kv.allocate()
+
+    @property
+    def slots_in_use(self) -> int:
+        return self.kv.slots_in_use
+
+    def run(self, requests: list[PassRequest]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        prefill = self.runner.prefill
+        if prefill is None:
+            results = forward_batch(self.runner.model, self.kv, requests)
+        else:
+            by_id: dict[int, tuple] = {}
+            long = [r for r in requests if prefill.takes(len(r.token_ids))]
+            short = [r for r in requests if not prefill.takes(len(r.token_ids))]
+            if short:
+                by_id.update(zip(map(id, short), forward_batch(self.runner.model, self.kv, short)))
+            if long:
+                kv = CastKV(self.kv, self.kv.dtype, prefill.dtype)
+                for r, (logits, hidden) in zip(long, forward_batch(prefill.model, kv, long)):
+                    by_id[id(r)] = (logits, None if hidden is None else hidden.to(self.kv.dtype))
+            results = [by_id[id(r)] for r in requests]
+        if self.kv.device.type == "cuda":
+            torch.cuda.synchronize(self.kv.device)
+        return results

@@ -1,13 +1,18 @@
-"""Load a model and its tokenizer from a local folder, a GGUF file, or a cached Hugging Face id."""
+"""Load a model and its tokenizer from a local folder, a GGUF file, or a cached Hugging Face id, on
+the torch backend (any source) or the llama.cpp backend (GGUF files); see resolve_backend."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
+from rstitch_core.models.backend import BACKENDS
 from rstitch_core.models.prefill import PrefillCopy, PrefillSpec
 from rstitch_core.models.runner import ModelRunner
+
+BACKEND_CHOICES = ("auto", *BACKENDS)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -99,8 +104,99 @@ def resolve_source(source: str, name: str = "model") -> tuple[str, dict]:
     return source, {"local_files_only": True}
 
 
+def is_gguf(source: str) -> bool:
+    return isinstance(source, str) and Path(source).expanduser().suffix == ".gguf"
+
+
+def resolve_backend(backend: str, sources, device: str | torch.device = "cpu") -> tuple[str, str]:
+    """(backend, why) for `sources` on `device`: auto is llama.cpp on a CPU when every source is a
+    GGUF file (the embedded pair is) and llama-cpp-python is installed, else torch. ValueError for
+    an unknown name or a combination that cannot run (llama.cpp on CUDA, or on a non-GGUF source)."""
+    if backend not in BACKEND_CHOICES:
+        raise ValueError(f"unknown backend {backend!r}; accepted: {', '.join(BACKEND_CHOICES)}")
+    on_gpu = str(device).startswith("cuda")
+    not_gguf = [s for s in sources if not is_gguf(s)]
+    if backend == "llamacpp":
+        if on_gpu:
+            raise ValueError(f"the llama.cpp backend runs on the CPU here, not on {device!r}; GPUs use --backend torch")
+        if not_gguf:
+            raise ValueError(f"the llama.cpp backend runs GGUF files; {not_gguf[0]!r} is not one (use --backend torch)")
+        return backend, "asked for"
+    if backend == "torch":
+        return backend, "asked for"
+    from rstitch_core.models.llamacpp import llamacpp_available
+
+    if on_gpu:
+        return "torch", "auto: GPUs run the torch backend"
+    if not_gguf:
+        return "torch", f"auto: {not_gguf[0]} is not a GGUF file"
+    if (missing := llamacpp_available()) is not None:
+        return "torch", f"auto: {missing}; GGUF weights are dequantized instead"
+    return "llamacpp", "auto: GGUF weights on a CPU run in llama.cpp, in the file's own quantization"
+
+
+def gguf_tokenizer(path: str | Path, name: str = "model"):
+    """The Hugging Face tokenizer stored in a GGUF file, converted once and kept in the rstitch cache
+    (converting a 151k-token vocabulary takes seconds; loading the saved one a fraction of that)."""
+    from transformers import AutoTokenizer
+
+    from rstitch_core.assets import cache_root
+
+    import json
+
+    path = Path(path).expanduser().resolve()
+    stat = path.stat()
+    folder = cache_root() / "tokenizers" / f"{path.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        return AutoTokenizer.from_pretrained(folder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"{name}: cannot read a tokenizer from {str(path)!r}: {err}") from None
+    try:
+        tmp = folder.with_name(folder.name + f".{os.getpid()}.partial")
+        tokenizer.save_pretrained(tmp)
+        # Reloaded as its model's class (Qwen2Tokenizer, ...) a tokenizer gets that class's default
+        # pre-tokenizer back, not the file's; the generic class keeps tokenizer.json exactly as converted.
+        saved = json.loads((tmp / "tokenizer_config.json").read_text())
+        saved["tokenizer_class"] = "PreTrainedTokenizerFast"
+        (tmp / "tokenizer_config.json").write_text(json.dumps(saved, indent=1))
+        os.replace(tmp, folder)
+    except OSError:  # a read-only cache (or a concurrent writer) only costs the conversion next time
+        pass
+    return tokenizer
+
+
 def load_model(source: str, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
-               name: str = "model", prefill: PrefillSpec | None = None) -> ModelRunner:
+               name: str = "model", prefill: PrefillSpec | None = None, backend: str = "torch",
+               threads: int | None = None, max_sequences: int = 16, context_tokens: int | None = None):
+    """Load a causal LM and its tokenizer on `backend` ("torch" or "llamacpp"; resolve "auto" first
+    with resolve_backend). Returns a ModelBackend (models/backend.py).
+
+    torch: `dtype`, `device` and `prefill` apply. llamacpp (a GGUF file): the file's own quantization,
+    `threads` CPU threads (default: every core this process may use), one context for up to
+    `max_sequences` sequences holding `context_tokens` positions in all (default: the model's
+    context, at most 32768).
+    """
+    if backend == "llamacpp":
+        if prefill is not None:
+            raise ValueError(f"{name}: --prefill applies to the torch backend; llama.cpp runs every pass in the "
+                             f"file's own quantization (use --prefill off)")
+        resolve_backend(backend, [source], device)
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise ValueError(f"{name}: model path {source!r} does not exist")
+        from rstitch_core.models.llamacpp import LlamaCppRunner
+
+        return LlamaCppRunner(path, gguf_tokenizer(path, name), name, threads, context_tokens, max_sequences)
+    if backend != "torch":
+        raise ValueError(f"{name}: backend must be torch or llamacpp here (resolve auto first), got {backend!r}")
+    return load_torch_model(source, dtype, device, name, prefill)
+
+
+def load_torch_model(source: str, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
+                     name: str = "model", prefill: PrefillSpec | None = None) -> ModelRunner:
     """Load a causal LM and the tokenizer from the same source.
 
     source: a `save_pretrained` folder, a `.gguf` file (dequantized to `dtype` by transformers' GGUF
@@ -130,7 +226,7 @@ def load_model(source: str, dtype: str | torch.dtype = "float32", device: str | 
     return ModelRunner(model.to(dev), tokenizer, name=name, prefill=copy)
 
 
-def check_pair(slm: ModelRunner, llm: ModelRunner) -> None:
+def check_pair(slm, llm) -> None:
     """Raise ValueError unless both tokenizers map every token string to the same id and both
     models stop on the same ids (see check_tokenizers)."""
     check_tokenizers(slm.tokenizer, llm.tokenizer)
@@ -165,6 +261,8 @@ def load_tokenizer(source: str, name: str = "model"):
     """The tokenizer alone (no weights) from any model source load_model accepts."""
     from transformers import AutoTokenizer
 
+    if is_gguf(source) and Path(source).expanduser().is_file():
+        return gguf_tokenizer(source, name)
     folder, kwargs = resolve_source(source, name)
     try:
         return AutoTokenizer.from_pretrained(folder, **kwargs)

@@ -9,7 +9,10 @@ from typing import Sequence
 import torch
 from transformers import DynamicCache
 
+from rstitch_core.models.backend import ForwardOutput, check_pass
 from rstitch_core.models.prefill import CastKV, PrefillCopy
+
+__all__ = ["ForwardOutput", "KVCache", "ModelRunner", "eos_token_ids"]
 
 
 @dataclass
@@ -26,15 +29,8 @@ class KVCache:
             self.num_tokens = num_tokens
 
 
-@dataclass(frozen=True, slots=True)
-class ForwardOutput:
-    logits: torch.Tensor  # [N, V] float32: next-token logits at the last N fed positions
-    hidden: torch.Tensor | None  # [D]: final hidden state at the last fed position, if asked
-    seconds: float
-
-
 class ModelRunner:
-    """Wraps one Hugging Face causal LM and its tokenizer.
+    """Wraps one Hugging Face causal LM and its tokenizer: the torch backend (models/backend.py).
 
     Every pass feeds only tokens the cache does not hold yet, so a pass over n tokens is a partial
     prefill (n > 1) or a decode step (n = 1) with the same code, and the next-token distribution
@@ -55,8 +51,59 @@ class ModelRunner:
         self.max_context = int(getattr(config, "max_position_embeddings", 0) or 1 << 30)
         self.eos_token_ids = eos_token_ids(model, tokenizer)
 
+    backend = "torch"
+
+    @property
+    def model_id(self) -> str:
+        from rstitch_core.profile import model_id  # profile.py prices passes; it never needs a runner
+
+        return model_id(self.model.config)
+
+    @property
+    def weights(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    @property
+    def threads(self) -> int:
+        return torch.get_num_threads() if self.device.type == "cpu" else 0
+
     def new_cache(self) -> KVCache:
         return KVCache(DynamicCache(config=self.model.config))
+
+    def release(self, cache: KVCache) -> None:
+        """Nothing to give back: a DynamicCache's tensors go when the cache does."""
+
+    def batch_pool(self):
+        """A SlotKV pool whose passes run as one (models/batched.py)."""
+        from rstitch_core.models.batched import TorchBatchPool
+
+        return TorchBatchPool(self)
+
+    def batching_off_reason(self) -> str | None:
+        from rstitch_core.models.batched import supports_batching
+
+        return supports_batching(self.model)
+
+    def filled_cache(self, num_tokens: int, pool=None):
+        """A cache holding `num_tokens` positions of zero keys/values: a pass's time depends on the
+        cache's shape, not its contents, and prefilling 512 tokens would cost more than the
+        profiler's whole grid on a 2-core CPU."""
+        if pool is not None:
+            cache = pool.allocate()
+            cache.num_tokens = num_tokens  # the slot's zero entries (grown on demand) stand for the context
+            return cache
+        cache = self.new_cache()
+        if num_tokens == 0:
+            return cache
+        config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") \
+            else self.model.config
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        zeros = torch.zeros(1, heads, num_tokens, head_dim, dtype=self.dtype, device=self.device)  # [1, H, kv, D]
+        for layer in range(config.num_hidden_layers):
+            cache.kv.update(zeros.clone(), zeros.clone(), layer)
+        cache.num_tokens = num_tokens
+        return cache
 
     @torch.inference_mode()
     def forward(self, cache: KVCache, token_ids: Sequence[int], num_logits: int = 1,
@@ -66,10 +113,7 @@ class ModelRunner:
         Returns the logits of the last `num_logits` fed positions (speculative verification needs
         one per draft token plus one) and, when `hidden`, the final hidden state of the last one.
         """
-        if not token_ids:
-            raise ValueError(f"{self.name}: a forward pass needs at least one new token")
-        if not 1 <= num_logits <= len(token_ids):
-            raise ValueError(f"{self.name}: num_logits={num_logits} outside [1, {len(token_ids)}]")
+        check_pass(self.name, cache, token_ids, num_logits)
         start = time.perf_counter()
         input_ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)  # [1, S]
         model, past = self.model, cache.kv

@@ -1,4 +1,4 @@
-"""A ModelRunner that many sequences call at once: their passes run together, one batch per step.
+"""A model (any backend) that many sequences call at once: their passes run together, one batch per step.
 
 Each sequence keeps running the core's own phases (policies/phases.py) in its own
 thread; its forward() call joins the next batched pass and blocks until that pass is done. A
@@ -16,9 +16,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from rstitch_core.models.batched import PassRequest, SlotCache, forward_batch, new_slot_kv
-from rstitch_core.models.prefill import CastKV
-from rstitch_core.models.runner import ForwardOutput, ModelRunner
+from rstitch_core.models.backend import Cache, ForwardOutput, ModelBackend, PassRequest, check_pass
 
 
 @dataclass
@@ -32,15 +30,15 @@ class SchedulerStats:
 
 
 class BatchedRunner:
-    """Wraps a ModelRunner; forward() may be called from many threads and is batched across them."""
+    """Wraps a ModelBackend; forward() may be called from many threads and is batched across them."""
 
-    def __init__(self, runner: ModelRunner, linger_s: float = 0.02,
+    def __init__(self, runner: ModelBackend, linger_s: float = 0.02,
                  on_step: Callable[[int, int, float], None] | None = None):
         """`on_step(sessions, tokens, seconds)` is called after each pass (metrics)."""
         self.base = runner
         self.linger_s = linger_s
         self.on_step = on_step
-        self.kv = new_slot_kv(runner.model)
+        self.pool = runner.batch_pool()
         self.stats = SchedulerStats()
         self._cond = threading.Condition()
         self._kv_lock = threading.Lock()  # the slot tensors change shape on growth
@@ -53,19 +51,14 @@ class BatchedRunner:
     def __getattr__(self, name):  # model, tokenizer, vocab_size, max_context, ... of the wrapped runner
         return getattr(self.base, name)
 
-    def new_cache(self) -> SlotCache:
+    def new_cache(self) -> Cache:
         with self._kv_lock:
-            return self.kv.allocate()
+            return self.pool.allocate()
 
-    def forward(self, cache: SlotCache, token_ids: Sequence[int], num_logits: int = 1,
+    def forward(self, cache: Cache, token_ids: Sequence[int], num_logits: int = 1,
                 hidden: bool = False) -> ForwardOutput:
-        """ModelRunner.forward, run as part of the next batched pass (blocks until it is done)."""
-        if not token_ids:
-            raise ValueError(f"{self.base.name}: a forward pass needs at least one new token")
-        if not 1 <= num_logits <= len(token_ids):
-            raise ValueError(f"{self.base.name}: num_logits={num_logits} outside [1, {len(token_ids)}]")
-        if cache.slot < 0:
-            raise ValueError(f"{self.base.name}: this cache was released")
+        """The backend's forward, run as part of the next batched pass (blocks until it is done)."""
+        check_pass(self.base.name, cache, token_ids, num_logits)
         future: Future = Future()
         with self._cond:
             if self._closed:
@@ -75,13 +68,13 @@ class BatchedRunner:
         logits, last_hidden, seconds = future.result()
         return ForwardOutput(logits, last_hidden, seconds)
 
-    def idle(self, cache: SlotCache) -> None:
+    def idle(self, cache: Cache) -> None:
         """`cache`'s sequence will not call forward() again soon (its turn ended): don't wait for it."""
         with self._cond:
             self._expected.discard(cache.slot)
             self._cond.notify_all()
 
-    def release(self, cache: SlotCache) -> None:
+    def release(self, cache: Cache) -> None:
         """The sequence is gone: free its slot."""
         self.idle(cache)
         with self._kv_lock:
@@ -105,32 +98,12 @@ class BatchedRunner:
             self._expected = set()
             return batch
 
-    def _passes(self, requests: list[PassRequest]) -> list[tuple]:
-        """forward_batch over `requests`; with a prefill copy, the long ones run on it as a second pass."""
-        prefill = self.base.prefill
-        if prefill is None:
-            return forward_batch(self.base.model, self.kv, requests)
-        results: dict[int, tuple] = {}
-        long = [r for r in requests if prefill.takes(len(r.token_ids))]
-        short = [r for r in requests if not prefill.takes(len(r.token_ids))]
-        if short:
-            results.update(zip(map(id, short), forward_batch(self.base.model, self.kv, short)))
-        if long:
-            kv = CastKV(self.kv, self.kv.dtype, prefill.dtype)
-            for r, (logits, hidden) in zip(long, forward_batch(prefill.model, kv, long)):
-                results[id(r)] = (logits, None if hidden is None else hidden.to(self.kv.dtype))
-        return [results[id(r)] for r in requests]
-
     def _loop(self) -> None:
         while (batch := self._next_batch()) is not None:
             start = time.perf_counter()
             try:
                 with self._kv_lock:
-                    results = self._passes([r for r, _ in batch])
-                if self.base.device.type == "cuda":
-                    import torch
-
-                    torch.cuda.synchronize(self.base.device)
+                    results = self.pool.run([r for r, _ in batch])
             except BaseException as err:  # noqa: BLE001 - every caller of this pass gets the error
                 for _, future in batch:
                     future.set_exception(err)

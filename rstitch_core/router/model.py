@@ -114,6 +114,10 @@ class LearnedRouter:
 
     def check_slm(self, slm) -> None:
         """Raise RouterError unless `slm` (a ModelRunner) is the SLM this router was trained on."""
+        if getattr(slm, "backend", "torch") != "torch":
+            from rstitch_core.models.llamacpp import HIDDEN_REFUSAL
+
+            raise RouterError(f"R-Stitch+ (rstitch+): {HIDDEN_REFUSAL}")
         found = slm_fingerprint(slm)
         if found != self.config.slm_fingerprint or slm.hidden_size != self.config.hidden_size:
             raise RouterError(

@@ -13,7 +13,8 @@ CONFIG = ROOT / "deploy" / "serve_config.yaml"
 
 
 def ns(**kw):
-    base = dict(slm=None, llm=None, config=None, llm_replicas=None, dtype=None, prefill=None, port=None, metrics_port=8080,
+    base = dict(slm=None, llm=None, config=None, llm_replicas=None, dtype=None, backend=None, prefill=None, port=None,
+                metrics_port=8080,
                 router=None, shadow_prefill_tokens=None, cost_profile=None)
     return argparse.Namespace(**{**base, **kw})
 
@@ -95,3 +96,21 @@ def test_cost_profile_auto_measures_once_then_reuses_and_off_turns_it_off(pair_d
     off = {"slm": slm, "llm": llm, "cost_profile": "off"}
     resolve_cost_profile(off)
     assert off["cost_profile"] is None
+
+
+def test_backend_is_resolved_before_ray_and_torch_only_settings_are_refused_on_llamacpp(
+        gguf_pair, pair_dirs, router_file, capsys):
+    from rstitch_cli.serve import ensure_models
+
+    app_args, _ = app_settings(ns(slm=str(gguf_pair[0]), llm=str(gguf_pair[1])))
+    ensure_models(app_args)
+    assert app_args["backend"] == "llamacpp" and app_args["prefill"] == "off"
+    assert "backend: llamacpp (auto: GGUF weights on a CPU" in capsys.readouterr().err
+    app_args, _ = app_settings(ns(slm=str(pair_dirs[0]), llm=str(pair_dirs[1]), dtype="float32"))
+    ensure_models(app_args)
+    assert app_args["backend"] == "torch"
+    for bad, message in (({"dtype": "bfloat16"}, "--dtype bfloat16 applies to the torch backend"),
+                         ({"router": str(router_file)}, "R-Stitch.* final hidden state")):
+        app_args, _ = app_settings(ns(slm=str(gguf_pair[0]), llm=str(gguf_pair[1]), **bad))
+        with pytest.raises(ValueError, match=message):
+            ensure_models(app_args)

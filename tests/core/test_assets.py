@@ -110,8 +110,7 @@ def test_missing_packages_error_names_the_install_command(site, tmp_path):
     assert INSTALL_HINT == "pip install 'rstitch[models]'"
 
 
-def test_ensure_asset_is_atomic_and_reused(site, tmp_path, monkeypatch):
-    monkeypatch.delenv(assets.KEEP_GGUF_ENV, raising=False)
+def test_ensure_asset_is_atomic_and_reused(site, tmp_path):
     asset, cache = install_fake(site), tmp_path / "cache"
     out = cache / "hf" / asset.name
     with pytest.raises(KeyboardInterrupt):
@@ -122,7 +121,7 @@ def test_ensure_asset_is_atomic_and_reused(site, tmp_path, monkeypatch):
     assert assets.ensure_asset(asset, cache, progress=False, convert=write_marker_file) == out
     assert (out / MARKER).read_text().strip() == asset.sha256
     assert (out / "model.txt").read_text() == asset.sha256  # converted the verified bytes
-    assert not (cache / "gguf" / f"{asset.name}.gguf").exists()  # deleted to save disk
+    assert (cache / "gguf" / f"{asset.name}.gguf").is_file()  # kept: the llama.cpp backend runs it
 
     shutil.rmtree(site)  # packages gone: a finished folder no longer needs them
     assert assets.ensure_asset(asset, cache, progress=False, convert=failing_convert) == out
@@ -137,8 +136,7 @@ def test_folder_without_marker_is_rebuilt(site, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [MARKER, "model.txt"]
 
 
-def test_kept_gguf_is_reverified_before_reuse(site, tmp_path, monkeypatch):
-    monkeypatch.setenv(assets.KEEP_GGUF_ENV, "1")
+def test_kept_gguf_is_reverified_before_reuse(site, tmp_path):
     asset, cache = install_fake(site), tmp_path / "cache"
     gguf = cache / "gguf" / f"{asset.name}.gguf"
     out = assets.ensure_asset(asset, cache, progress=False, convert=write_marker_file)
@@ -148,6 +146,19 @@ def test_kept_gguf_is_reverified_before_reuse(site, tmp_path, monkeypatch):
     gguf.write_bytes(b"corrupt")
     assets.ensure_asset(asset, cache, progress=False, convert=write_marker_file)
     assert (out / "model.txt").read_text() == asset.sha256  # rebuilt from the parts, not the bad file
+
+
+def test_ensure_gguf_hashes_once_and_again_after_a_change(site, tmp_path, monkeypatch):
+    asset, cache = install_fake(site), tmp_path / "cache"
+    gguf = assets.ensure_gguf(asset, cache, progress=False)
+    assert gguf.read_bytes() == b"".join(part_bytes(i) for i in range(1, 12))
+    hashed = []
+    monkeypatch.setattr(assets, "verify", lambda a, p: hashed.append(p) or p)
+    assert assets.ensure_gguf(asset, cache, progress=False) == gguf and hashed == []  # the marker stands
+    gguf.write_bytes(b"corrupt")
+    monkeypatch.undo()
+    assert assets.ensure_gguf(asset, cache, progress=False) == gguf
+    assert gguf.read_bytes() == b"".join(part_bytes(i) for i in range(1, 12))  # joined again from the parts
 
 
 def test_cache_root_resolution(tmp_path, monkeypatch):
@@ -168,6 +179,14 @@ def test_is_default_pair_installed(site, tmp_path, monkeypatch):
     (cache / "hf" / absent.name).mkdir(parents=True)
     assert not assets.is_default_pair_installed(cache)  # a folder without its marker does not count
     (cache / "hf" / absent.name / MARKER).write_text("")
+    assert assets.is_default_pair_installed(cache)
+    shutil.rmtree(cache / "hf" / absent.name)
+    gguf = cache / "gguf" / f"{absent.name}.gguf"
+    gguf.parent.mkdir(parents=True)
+    gguf.write_bytes(b"x")
+    assert not assets.is_default_pair_installed(cache)  # a joined file counts once verified
+    stat = gguf.stat()
+    gguf.with_name(gguf.name + assets.GGUF_MARKER_SUFFIX).write_text(f"{absent.sha256} {stat.st_size} {stat.st_mtime_ns}")
     assert assets.is_default_pair_installed(cache)
 
 
@@ -233,4 +252,5 @@ def test_models_extra_pins_exactly_the_chunk_packages():
 
     root = Path(__file__).resolve().parents[2]
     extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["models"]
-    assert extra == assets.MODEL_PACKAGES
+    assert [r for r in extra if not r.startswith("rstitch[")] == assets.MODEL_PACKAGES
+    assert "rstitch[llamacpp]" in extra  # the embedded pair's default backend on CPUs comes with it

@@ -100,7 +100,7 @@ def test_concurrent_batched_greedy_equals_batch_one(engine, batched, policy):
     steps = batched.slm.stats.steps + batched.llm.stats.steps - steps_before
     rows = batched.slm.stats.rows + batched.llm.stats.rows - rows_before
     assert rows / steps > 1.5  # passes really were shared
-    assert batched.slm.kv.slots_in_use == 0 and batched.llm.kv.slots_in_use == 0  # every slot returned
+    assert batched.slm.pool.slots_in_use == 0 and batched.llm.pool.slots_in_use == 0  # every slot returned
 
 
 def test_on_step_reports_each_pass(engine):
@@ -114,6 +114,6 @@ def test_on_step_reports_each_pass(engine):
     finally:
         runner.close()
     assert [(rows, tokens) for rows, tokens, _ in steps] == [(1, 3), (1, 1)] and all(s > 0 for *_, s in steps)
-    assert runner.kv.slots_in_use == 0
+    assert runner.pool.slots_in_use == 0
     with pytest.raises(ValueError, match="released"):
         runner.forward(cache, [1])

@@ -8,7 +8,7 @@ import torch
 
 from rstitch_core.costmodel import PassCost, fit_pass_cost
 from rstitch_core.profile import CostProfile, ProfileKey, cached_profile, choose_dtype, default_path, profile_key
-from rstitch_core.profiling import CPU_GRID, GPU_GRID, Grid, _fabricated_cache, profile_pair
+from rstitch_core.profiling import CPU_GRID, GPU_GRID, Grid, profile_pair
 
 KEY = ProfileKey("qwen2-small", "qwen2-large", "bfloat16", "cpu", "Test CPU", 2)
 SMALL_GRID = Grid(contexts=(16, 64), sizes=(1, 2, 4), prefills=(8,), batch_rows=(3,), batch_sizes=(1, 2),
@@ -79,7 +79,7 @@ def test_the_default_cache_answers_only_for_its_key(tmp_path):
 
 
 def test_a_fabricated_cache_stands_for_kv_cached_positions(engine):
-    cache = _fabricated_cache(engine.llm, 40)
+    cache = engine.llm.filled_cache(40)
     out = engine.llm.forward(cache, [1, 2, 3], num_logits=3)
     assert out.logits.shape == (3, engine.llm.vocab_size) and torch.isfinite(out.logits).all()
     assert cache.num_tokens == 43 and cache.kv.get_seq_length() == 43

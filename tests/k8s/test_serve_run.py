@@ -77,7 +77,7 @@ def served(pair_dirs, tmp_path_factory):
     config["http_options"]["port"] = free_port()
     (app,) = config["applications"]
     app["args"].update(slm=str(pair_dirs[0]), llm=str(pair_dirs[1]), dtype="float32", slm_num_cpus=0.4,
-                       llm_num_cpus=0.4, frontend_num_cpus=0.1, torch_threads=1,
+                       llm_num_cpus=0.4, frontend_num_cpus=0.1, threads=1,
                        default_threshold=1.0)  # requests without a threshold: SLM only
     path = tmp / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -25,7 +25,7 @@ def service(pair_dirs, router_file, request):
 
     port = free_port()
     args = {"slm": str(pair_dirs[0]), "llm": str(pair_dirs[1]), "dtype": "float32", "llm_replicas": 2,
-            "slm_num_cpus": 0.4, "llm_num_cpus": 0.4, "torch_threads": 1, "router": str(router_file), **getattr(request.module, "APP_ARGS", {})}
+            "slm_num_cpus": 0.4, "llm_num_cpus": 0.4, "threads": 1, "router": str(router_file), **getattr(request.module, "APP_ARGS", {})}
     metrics_port, http_port = free_port(), free_port()
     # Metrics reach the node's exporter on Ray's report interval (>= 1 s): keep it short.
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port,
