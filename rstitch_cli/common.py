@@ -155,7 +155,8 @@ def load_engine(args: argparse.Namespace, quiet: bool = False) -> Engine:
 
 def use_cost_profile(engine: Engine, choice: str, quiet: bool = False):
     """Give the engine cost-aware draft control from a saved profile (--cost-profile); returns it."""
-    from rstitch_core.draft_control import drafting_can_pay
+    from rstitch_core.draft_control import choose_draft_limit
+    from rstitch_core.policies.cost_aware import PROBE_RATE
     from rstitch_core.policies.cost_aware import cost_aware
     from rstitch_core.profile import CostProfile, cached_profile, runner_key
 
@@ -169,8 +170,8 @@ def use_cost_profile(engine: Engine, choice: str, quiet: bool = False):
             print("cost profile: none saved for this pair, dtype and machine (run `rstitch profile`); "
                   "drafts run to the policy's limit", file=sys.stderr, flush=True)
         else:
-            pays = drafting_can_pay(profile, 1, 256, 8)
+            pays = choose_draft_limit(profile, PROBE_RATE, 1, 256, 8) > 0
             print(f"cost profile: {key.hardware}, {key.dtype}: drafting {'can pay' if pays else 'cannot pay'} "
-                  f"here{'' if pays else ': speculative/verified run as plain LLM decoding'}",
+                  f"here{'' if pays else f' at an acceptance of {PROBE_RATE}: speculative/verified run as plain LLM decoding'}",
                   file=sys.stderr, flush=True)
     return profile

@@ -27,6 +27,7 @@ from rstitch_core.models.backend import ForwardOutput, PassRequest, check_pass
 from rstitch_core.models.gguf_info import GGUFInfo
 
 DEFAULT_CONTEXT = 32_768  # positions per context when nothing asks for fewer (KV memory is allocated up front)
+MIN_CONTEXT = 8_192
 MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
 HIDDEN_REFUSAL = ("the llama.cpp backend does not give the final hidden state the R-Stitch+ router reads; "
                   "run rstitch+ with --backend torch")
@@ -107,7 +108,9 @@ class LlamaCppRunner:
         vocab = lc.llama_model_get_vocab(self._model)
         self.vocab_size = int(lc.llama_vocab_n_tokens(vocab))
         self.hidden_size = int(lc.llama_model_n_embd(self._model))
-        n_ctx = int(context_tokens or min(self.info.context_length or DEFAULT_CONTEXT, DEFAULT_CONTEXT))
+        # Positions are shared by every sequence of the context: at least MIN_CONTEXT even for a model
+        # trained on fewer, so several sequences (a profile's, a worker's sessions) fit side by side.
+        n_ctx = int(context_tokens or min(max(self.info.context_length, MIN_CONTEXT), DEFAULT_CONTEXT))
         cparams = lc.llama_context_default_params()
         cparams.n_ctx = cparams.n_batch = n_ctx  # one pass may feed a whole prompt
         cparams.n_ubatch = min(_UBATCH, n_ctx)

@@ -8,16 +8,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from rstitch_core.draft_control import AcceptanceEstimate, choose_draft_limit, drafting_can_pay
+from rstitch_core.draft_control import AcceptanceEstimate, choose_draft_limit
 from rstitch_core.draft_windows import DraftWindows
 from rstitch_core.events import Source
 from rstitch_core.profile import CostProfile
 
-# While drafts do not pay at the current acceptance estimate but could at a better one, every
+# While drafts do not pay at the current acceptance estimate but would at PROBE_RATE, every
 # PROBE_EVERY-th round drafts anyway: otherwise the estimate could never recover. A probe drafts
 # what would pay at PROBE_RATE, so one probe is a real sample, not a single token (a one-token probe
 # lifts the estimate so slowly that a request spent most of its tokens undrafted: measured 1.32x
-# against 1.56x for a fixed k = 8 on an AMX Xeon, docs/results.md).
+# against 1.56x for a fixed k = 8 on an AMX Xeon, docs/results.md). Where drafts would pay only at
+# an acceptance near 1 (4-bit llama.cpp passes on a 2-core CPU: a 9-token pass 2.7 decode steps),
+# probes are never due: each cost about 10% there for nothing (verified 0.89x LLM-only, measured).
 PROBE_EVERY = 8
 PROBE_RATE = 0.9
 # In a window where plain decoding streams more, the LLM decodes this many tokens per call and
@@ -61,7 +63,7 @@ class CostAwareControl:
             rows = max(1, self.batch_rows())
             k = choose_draft_limit(self.profile, self.estimate.rate, rows, context_tokens, max_limit)
             probe_due = self.undrafted > 0 and self.undrafted % PROBE_EVERY == 0
-            if k == 0 and probe_due and drafting_can_pay(self.profile, rows, context_tokens, max_limit):
+            if k == 0 and probe_due and choose_draft_limit(self.profile, PROBE_RATE, rows, context_tokens, max_limit):
                 k = choose_draft_limit(self.profile, PROBE_RATE, rows, context_tokens, max_limit, min_gain=0.0)
         self.undrafted = 0 if k else self.undrafted + 1
         self.chosen.append(k)

@@ -67,6 +67,19 @@ def test_drafts_shrink_with_a_falling_acceptance_and_a_growing_batch_and_probes_
     assert [never.limit("slm", 8, 100) for _ in range(2 * PROBE_EVERY)] == [0] * (2 * PROBE_EVERY)
 
 
+def test_no_probes_where_drafts_would_pay_only_at_an_acceptance_near_one():
+    """The default pair's 4-bit passes in llama.cpp on a 2-core Xeon (its fitted profile): a 9-token
+    verify pass costs 2.7 decode steps, so drafts pay at a = 1 but not at PROBE_RATE."""
+    from rstitch_core.draft_control import drafting_can_pay
+
+    llama = CostProfile(ProfileKey("slm", "llm", "gguf", "cpu", "Test CPU", 2),
+                        PassCost((0.0238, 0.00515, 0, 0.00214, 1.46e-05, 7.0e-06)),
+                        PassCost((0.0579, 0.01047, 0, 0.00299, 8.65e-06, 0)))
+    assert drafting_can_pay(llama, 1, 100, 8) and choose_draft_limit(llama, PROBE_RATE, 1, 100, 8) == 0
+    control = started(CostAwareControl(llama))
+    assert [control.limit("slm", 8, 100) for _ in range(3 * PROBE_EVERY)] == [0] * (3 * PROBE_EVERY)
+
+
 def test_rounds_without_drafts_decode_alone_until_the_next_probe(close_pair):
     """One VerifyOp covers PROBE_EVERY plain tokens: served, that is one worker call, not one per token
     (after the first round's one token)."""
