@@ -67,7 +67,9 @@ def test_batched_rows_equal_single_passes(llm):
         got = llm.run([PassRequest(c, ids, n) for c, (ids, n) in zip(batched, feeds)])  # one llama_decode
         for (logits, hidden), w in zip(got, want):
             assert hidden is None
-            torch.testing.assert_close(logits, w, atol=1e-3, rtol=0)
+            # llama.cpp's sums depend on the batch's shape (measured up to 2e-3 here); a row given
+            # another row's cache or positions would be off by about 1.
+            torch.testing.assert_close(logits, w, atol=2e-2, rtol=0)
         assert [c.num_tokens for c in batched] == [c.num_tokens for c in single]
     finally:
         for cache in single + batched:
