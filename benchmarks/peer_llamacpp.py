@@ -72,6 +72,10 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=3, help="served: timed requests per stream (default: %(default)s)")
     p.add_argument("--cost-profile", default="auto", help="served: rstitch serve --cost-profile (default: "
                    "%(default)s; off for GGUF files of a small context window, which auto cannot profile)")
+    p.add_argument("--llama-server", metavar="BIN",
+                   help="served: also measure llama.cpp's C++ server (llama-server, continuous batching over "
+                        "--parallel slots), built from the same package's vendored llama.cpp: see docs/results.md")
+    p.add_argument("--parallel", type=int, default=8, help="served: llama-server's slots (default: %(default)s)")
     p.add_argument("--start-timeout", type=float, default=900, help="served: seconds a server may take to start")
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args()
@@ -197,6 +201,15 @@ def _row(label, prompt_tokens, tokens, r: dict, l: dict, note: str = "") -> None
 def served(args) -> dict:
     out: dict = {"levels": args.levels, "requests": args.requests, "llamacpp": {}, "rstitch_llm": {},
                  "rstitch_default": {}}
+    if args.llama_server:
+        # The same settings as the Python server: all threads, greedy, 16384 positions (shared by the slots).
+        port, out["llama_server"] = free_port(), {}
+        cmd = [args.llama_server, "-m", args.llm, "-t", str(args.threads), "-tb", str(args.threads), "-c", "16384",
+               "-np", str(args.parallel), "--host", "127.0.0.1", "--port", str(port)]
+        with server(cmd, port, "llama-server", args.start_timeout) as (base, model):
+            for c in args.levels:
+                out["llama_server"][c] = load(base, model, c, {"repeat_penalty": 1.0}, args)
+                print(f"llama-server, {c} streams: {out['llama_server'][c]['tok_s']:.1f} tok/s", file=sys.stderr)
     port = free_port()
     # --logits_all False: its default (True) projects every prompt token onto the vocabulary, which
     # only prompt logprobs need; rstitch does not do that work, so neither side does.
@@ -328,6 +341,13 @@ def print_served(f: dict, args) -> None:
     for c in f["levels"]:
         lc, rl, rd = (f[k][c]["tok_s"] for k in ("llamacpp", "rstitch_llm", "rstitch_default"))
         print(f"| {c} | {lc:.1f} | {rl:.1f} | {rd:.1f} | {rd / lc:.2f}x | {rl / lc:.2f}x | {rd / rl:.2f}x |")
+    if f.get("llama_server"):
+        print(f"\nllama.cpp's C++ server (llama-server, {args.parallel} slots, continuous batching), same client:")
+        print("| streams | llama-server | rstitch llm | rstitch default | default / llama-server | llm / llama-server |"
+              "\n|---|---|---|---|---|---|")
+        for c in f["levels"]:
+            ls, rl, rd = (f[k][c]["tok_s"] for k in ("llama_server", "rstitch_llm", "rstitch_default"))
+            print(f"| {c} | {ls:.1f} | {rl:.1f} | {rd:.1f} | {rd / ls:.2f}x | {rl / ls:.2f}x |")
     print("completion / prompt tokens, all timed requests: " + "; ".join(
         f"{k}: " + ", ".join(f"{f[k][c]['tokens']}/{f[k][c]['prompt_tokens']}" for c in f["levels"])
         for k in ("llamacpp", "rstitch_llm", "rstitch_default")))

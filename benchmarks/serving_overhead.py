@@ -21,10 +21,13 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--slm"), p.add_argument("--llm")
-    p.add_argument("--dtype", default="auto", help="auto: bfloat16 (float16 on a GPU without it)")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "llamacpp"),
+                   help="auto: llama.cpp for GGUF files on a CPU (the embedded pair), else torch")
+    p.add_argument("--dtype", default="auto", help="torch: auto = bfloat16 (float16 on a GPU without it)")
     p.add_argument("--policy", default="rstitch")
     p.add_argument("--threshold", type=float, default=0.02)
     p.add_argument("--prompts", type=int, default=4)
+    p.add_argument("--threads", type=int, help="threads of each worker's passes (default: all cores)")
     p.add_argument("--max-new-tokens", type=int, default=96)
     args = p.parse_args()
 
@@ -36,21 +39,22 @@ def main() -> int:
     from rstitch_cli.bench import PROMPTS
     from rstitch_core import Engine, Generation, RoutingParams, SamplingParams
     from rstitch_core.assets import ensure_default_pair
-    from rstitch_core.models.loading import resolve_dtype
+    from rstitch_core.models.loading import resolve_backend, resolve_dtype
     from services.app import GRPC_SERVICER, build_app
     from services.client import RStitchClient
 
-    slm, llm = (args.slm, args.llm) if args.slm else map(str, ensure_default_pair())
-    args.dtype = resolve_dtype(args.dtype, "cpu")
-    threads = torch.get_num_threads()
+    backend, _ = resolve_backend(args.backend, [args.slm, args.llm] if args.slm else ["default.gguf"], "cpu")
+    slm, llm = (args.slm, args.llm) if args.slm else map(str, ensure_default_pair(backend=backend))
+    args.dtype = "auto" if backend == "llamacpp" else resolve_dtype(args.dtype, "cpu")
+    threads = args.threads or torch.get_num_threads()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     serve.start(grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[GRPC_SERVICER]))
-    serve.run(build_app({"slm": slm, "llm": llm, "dtype": args.dtype, "threads": threads}),
-              name="rstitch", route_prefix="/")
-    engine = Engine.load(slm, llm, dtype=args.dtype)
+    serve.run(build_app({"slm": slm, "llm": llm, "backend": backend, "dtype": args.dtype, "threads": threads,
+                         "prefill": "off", "cost_profile": None}), name="rstitch", route_prefix="/")
+    engine = Engine.load(slm, llm, dtype=args.dtype, backend=backend)
     sampling = SamplingParams(max_new_tokens=args.max_new_tokens)
     routing = RoutingParams(policy=args.policy, threshold=args.threshold)
     rows = []
@@ -74,7 +78,8 @@ def main() -> int:
         ray.shutdown()
     local_ms = 1000 * statistics.median(r[0] for r in rows)
     served_ms = 1000 * statistics.median(r[1] for r in rows)
-    print(f"policy {args.policy}, {len(rows)} prompts, {args.max_new_tokens} new tokens max, {threads} torch threads")
+    print(f"policy {args.policy}, backend {backend}, {len(rows)} prompts, {args.max_new_tokens} new tokens max, "
+          f"{threads} threads")
     print(f"per-token time (median): in-process {local_ms:.1f} ms, served over gRPC {served_ms:.1f} ms, "
           f"ratio served/in-process {served_ms / local_ms:.3f}x, identical outputs {sum(r[2] for r in rows)}/{len(rows)}")
     return 0
