@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import AsyncIterator
@@ -134,18 +135,24 @@ class ModelWorker:
 
     async def run(self, call: TurnCall) -> AsyncIterator[dict]:
         """Run call.op on this session's cache: stream each token it keeps as {"token", "source",
-        "entropy"} and finish with {"end": True, "result": Drafted | Verdict, ...} (see _end)."""
+        "entropy"} and finish with {"end": True, "result": Drafted | Verdict, ...} (see _end).
+
+        The phase runs ahead on its own thread, one pass after another, while the tokens it kept
+        are streamed: the next pass does not wait for the previous token to reach the front end
+        (served over gRPC, that wait was ~25 ms of every 84 ms llama.cpp decode step, measured)."""
         session, rebuilt = self.store.checkout(call)
+        stop = threading.Event()
         try:
             router = self.router if call.routing.policy is Policy.RSTITCH_PLUS else None
             phase = run_phase(call.op, session.seq, session.state, session.sampler, router)
-            # Serve does not always cancel this call when the front end's request is cancelled
-            # (one it cancels ends in _cancelled): once the session is released (its request is
-            # over) stop decoding for it at the next pass.
-            while not self.store.is_released(call.session_id):
-                done, value = await self._in_thread(session, _advance, phase)
+            events: asyncio.Queue = asyncio.Queue()
+            session.forward = self._executor.submit(self._produce, session, phase, call.session_id, stop,
+                                                    asyncio.get_running_loop(), events)
+            while (event := await events.get()) is not _RELEASED:
+                done, value = event
+                if isinstance(value, BaseException):
+                    raise value
                 if done:
-                    session.state.idle()
                     yield {**self._end(session, rebuilt), "result": value}
                     return
                 yield {"token": value.token_id, "source": value.source, "entropy": value.entropy}
@@ -153,7 +160,28 @@ class ModelWorker:
             self._cancelled(call)
             raise
         finally:
+            stop.set()  # a phase still running stops after its pass; checkin waits for that
             self.store.checkin(session)
+
+    def _produce(self, session: Session, phase, session_id: str, stop: threading.Event, loop, events) -> None:
+        """The phase's passes back to back (an executor thread), each event handed to the loop.
+        Serve does not always cancel a call when the front end's request is cancelled (one it
+        cancels ends in _cancelled): once the session is released (its request is over), or the
+        call has gone away (stop), no further pass runs for it."""
+        def hand(item) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, item)
+
+        try:
+            while not stop.is_set() and not self.store.is_released(session_id):
+                done, value = _advance(phase)
+                if done:
+                    session.state.idle()  # the batched runner need not wait for this session's next pass
+                hand((done, value))
+                if done:
+                    return
+            hand(_RELEASED)
+        except BaseException as err:  # noqa: BLE001 - raised again by the call that streams
+            hand((True, err))
 
     async def prefill(self, call: TurnCall) -> dict:
         """Shadow prefill: feed what the cache lacks of the sequence, all but its last token, while
@@ -255,6 +283,9 @@ def _shadow_prefill(state: ModelState, token_ids: list[int]) -> int:
     if fed > 0:
         state.step(token_ids[:-1], turn_start=True)
     return max(fed, 0)
+
+
+_RELEASED = object()  # the session was released while its phase ran: the call ends without a result
 
 
 def _advance(turn) -> tuple[bool, object]:

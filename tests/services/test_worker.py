@@ -57,3 +57,29 @@ def test_a_worker_loads_the_prefill_copy_its_config_names(pair_dirs):
         worker.runner.close()
     with pytest.raises(ValueError, match="prefill dtype must be one of"):
         WorkerConfig(str(pair_dirs[1]), prefill="int8:4")
+
+
+def test_the_phase_decodes_ahead_while_a_token_is_on_its_way(pair_dirs):
+    """The next pass does not wait for the front end to take the previous token: with the consumer
+    holding its first token, the worker's mirror of the sequence keeps growing."""
+    worker = LLMWorker(WorkerConfig(str(pair_dirs[1]), dtype="float32", device="cpu"))
+    prompt = worker.runner.tokenizer(HOLD_PROMPT)["input_ids"]
+    call = TurnCall("s2", prompt, len(prompt), 0, SamplingParams(max_new_tokens=8), RoutingParams(policy="llm"),
+                    worker.runner.max_context, frozenset(), op=VerifyOp(Draft(), decode_while_above=0.0))
+
+    async def hold_the_first_token():
+        stream = worker.run(call)
+        first = await anext(stream)
+        session = worker.store.sessions["s2"]
+
+        async def decoded_ahead():
+            while session.seq.num_generated < 8:  # decoded without anyone asking for the next token
+                await asyncio.sleep(0.01)
+        await asyncio.wait_for(decoded_ahead(), timeout=120)  # a bound for a hang, not an expected duration
+        rest = [item async for item in stream]
+        return first, rest
+
+    first, rest = asyncio.run(hold_the_first_token())
+    assert "token" in first and [("token" in r) for r in rest] == [True] * 7 + [False]
+    assert rest[-1]["end"] and rest[-1]["result"].alone == 7
+    worker.runner.close()
