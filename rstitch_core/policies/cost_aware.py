@@ -44,6 +44,7 @@ class CostAwareControl:
     load: Callable[[], int] = lambda: 1  # concurrent requests (the windows' load bucket)
     undrafted: int = 0  # consecutive rounds without drafts
     plain_window: bool = False  # this round runs in a window of plain decoding
+    can_probe: bool = True  # drafts would pay at PROBE_RATE at the last round's batch size and context
     chosen: list[int] = field(default_factory=list)  # each round's draft limit (for stats and tests)
 
     def limit(self, lead: Source, max_limit: int, context_tokens: int) -> int:
@@ -62,8 +63,9 @@ class CostAwareControl:
         else:
             rows = max(1, self.batch_rows())
             k = choose_draft_limit(self.profile, self.estimate.rate, rows, context_tokens, max_limit)
+            self.can_probe = k > 0 or choose_draft_limit(self.profile, PROBE_RATE, rows, context_tokens, max_limit) > 0
             probe_due = self.undrafted > 0 and self.undrafted % PROBE_EVERY == 0
-            if k == 0 and probe_due and choose_draft_limit(self.profile, PROBE_RATE, rows, context_tokens, max_limit):
+            if k == 0 and probe_due and self.can_probe:
                 k = choose_draft_limit(self.profile, PROBE_RATE, rows, context_tokens, max_limit, min_gain=0.0)
         self.undrafted = 0 if k else self.undrafted + 1
         self.chosen.append(k)
@@ -74,11 +76,12 @@ class CostAwareControl:
 
     def plain_steps(self) -> int:
         # Decode alone up to the next probe round, where the batch size is looked at again too (in a
-        # plain window: WINDOW_PLAIN_TOKENS per call and request, and the windows decide when
-        # drafting returns). The first round writes one token.
+        # plain window, or where no probe can be due: WINDOW_PLAIN_TOKENS per call and request, and
+        # the windows or the next round's pricing decide when drafting returns). The first round
+        # writes one token.
         if len(self.chosen) == 1:
             return 0
-        steps = (WINDOW_PLAIN_TOKENS * max(1, self.load()) - 1 if self.plain_window
+        steps = (WINDOW_PLAIN_TOKENS * max(1, self.load()) - 1 if self.plain_window or not self.can_probe
                  else -self.undrafted % PROBE_EVERY)
         self.undrafted += steps
         self.chosen.extend([0] * steps)

@@ -6,7 +6,8 @@ import pytest
 from rstitch_core import Generation, RoutingParams, SamplingParams
 from rstitch_core.costmodel import PassCost
 from rstitch_core.draft_control import choose_draft_limit
-from rstitch_core.policies.cost_aware import PROBE_EVERY, PROBE_RATE, CostAwareControl, cost_aware
+from rstitch_core.policies.cost_aware import (PROBE_EVERY, PROBE_RATE, WINDOW_PLAIN_TOKENS, CostAwareControl,
+                                              cost_aware)
 from rstitch_core.profile import CostProfile, ProfileKey
 
 KEY = ProfileKey("slm", "llm", "float32", "cpu", "Test CPU", 2)
@@ -81,7 +82,7 @@ def test_no_probes_where_drafts_would_pay_only_at_an_acceptance_near_one():
 
 
 def test_rounds_without_drafts_decode_alone_until_the_next_probe(close_pair):
-    """One VerifyOp covers PROBE_EVERY plain tokens: served, that is one worker call, not one per token
+    """One VerifyOp covers many plain tokens: served, that is one worker call, not one per token
     (after the first round's one token)."""
     from rstitch_core.policies.loop import Handoff, Steps, decode
     from rstitch_core.policies.phases import VerifyOp, run_phase
@@ -105,8 +106,10 @@ def test_rounds_without_drafts_decode_alone_until_the_next_probe(close_pair):
                 next(phase)
             except StopIteration as stop:
                 steps.result = stop.value
-    assert seq.num_generated == 40 and len(ops) == 1 + -(-39 // PROBE_EVERY)
-    assert ops[0].plain_steps == 0 and all(op.plain_steps == PROBE_EVERY - 1 for op in ops[1:-1])
+    # Drafts cannot pay here even at PROBE_RATE: no probe can be due, so each call decodes
+    # WINDOW_PLAIN_TOKENS (one round trip per 32 tokens served, not per PROBE_EVERY).
+    assert seq.num_generated == 40 and len(ops) == 1 + -(-39 // WINDOW_PLAIN_TOKENS)
+    assert ops[0].plain_steps == 0 and all(op.plain_steps == WINDOW_PLAIN_TOKENS - 1 for op in ops[1:-1])
     assert seq.stats.undrafted_rounds == seq.stats.llm.forward_passes == 40
 
 
