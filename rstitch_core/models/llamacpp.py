@@ -94,7 +94,7 @@ class LlamaCppRunner:
     def __init__(self, path: str | Path, tokenizer, name: str = "model", threads: int | None = None,
                  context_tokens: int | None = None, max_sequences: int = 16):
         lc = _llama()
-        self._lc = lc
+        self._lc, self._model, self._ctx, self._batch, self._batch_size = lc, None, None, None, 0
         self.path, self.tokenizer, self.name = Path(path), tokenizer, name
         self.info = GGUFInfo.read(self.path)
         if not 1 <= max_sequences <= MAX_SEQUENCES:
@@ -125,6 +125,7 @@ class LlamaCppRunner:
         self._ctx = lc.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             lc.llama_model_free(self._model)
+            self._model = None
             raise ValueError(f"{name}: llama.cpp cannot create a context of {n_ctx} positions for {str(self.path)!r}")
         self._memory = lc.llama_get_memory(self._ctx)
         self.capacity = int(lc.llama_n_ctx(self._ctx))  # positions, all sequences together
@@ -137,8 +138,6 @@ class LlamaCppRunner:
         self.device = torch.device("cpu")
         self._free = list(range(max_sequences - 1, -1, -1))
         self._max_sequences = max_sequences
-        self._batch = None
-        self._batch_size = 0
 
     # ---- what the profile is keyed by -------------------------------------------------------
     @property
