@@ -12,6 +12,7 @@ import socket
 import sys
 
 from rstitch_cli.common import DTYPE_CHOICES
+from rstitch_core.models.loading import BACKEND_CHOICES
 from rstitch_core import RoutingParams, SamplingParams
 
 
@@ -25,7 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=512, help="budget (default: %(default)s)")
     p.add_argument("--slm", metavar="SRC", help="small model (default: the embedded pair)")
     p.add_argument("--llm", metavar="SRC", help="large model")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "llamacpp"),
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                    help="auto = llama.cpp on a CPU for GGUF files (the embedded pair), else torch (default: %(default)s)")
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="torch backend: auto = the faster decoder of this machine's saved bfloat16/float32 profiles, else bfloat16 "

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rstitch_core.models.loading import BACKEND_CHOICES
+
 ACCEPTANCE = (0.6, 0.8, 0.9)
 
 
@@ -25,7 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--llm", metavar="SRC", help="large model: same forms as --slm")
     p.add_argument("--shapes", metavar="SLM,LLM", help="random-weight models of built-in shapes instead "
                    "(qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b): profiles a machine without the weights")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "llamacpp"),
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                    help="auto = llama.cpp on a CPU for GGUF files (the embedded pair), else torch (default: %(default)s)")
     p.add_argument("--dtype", default="auto", help="comma list of auto, float32, bfloat16, float16 "
                    "(default: %(default)s); with several, the faster one is recommended")

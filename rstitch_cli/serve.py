@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import yaml
 
 from rstitch_cli.common import DTYPE_CHOICES, check_llamacpp_args, pick_backend, pick_dtype
+from rstitch_core.models.loading import BACKEND_CHOICES
 
 
 def add_parser(sub) -> None:
@@ -30,7 +31,7 @@ def add_parser(sub) -> None:
                    "(the SLM worker runs it)")
     p.add_argument("--shadow-prefill-tokens", type=int, metavar="N",
                    help="the LLM worker prefills the SLM's tokens in the background once N are unseen (default: 0, off)")
-    p.add_argument("--backend", choices=("auto", "torch", "llamacpp"), help="auto (the default) = llama.cpp on a "
+    p.add_argument("--backend", choices=BACKEND_CHOICES, help="auto (the default) = llama.cpp on a "
                    "CPU when the weights are GGUF files (the embedded pair is), torch for save_pretrained folders and "
                    "on GPUs")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, help="torch backend: weights dtype; auto (the default) = the faster "

@@ -10,6 +10,7 @@ from typing import Any
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
+from rstitch_core.models.loading import BACKEND_CHOICES
 from rstitch_core.models.prefill import PrefillSpec
 from services.frontend import Frontend
 from services.worker import LLMWorker, SLMWorker, WorkerConfig
@@ -82,8 +83,8 @@ class AppConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.prefill != "auto":
             PrefillSpec.parse(self.prefill)  # raises ValueError quoting a bad value
-        if self.backend not in ("auto", "torch", "llamacpp"):
-            raise ValueError(f"backend must be auto, torch or llamacpp, got {self.backend!r}")
+        if self.backend not in BACKEND_CHOICES:
+            raise ValueError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, got {self.backend!r}")
         value = self.shadow_prefill_tokens
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"shadow_prefill_tokens must be an integer >= 0 (0: off), got {value!r}")

@@ -21,7 +21,8 @@ import torch
 
 from rstitch_core.config import Policy
 from rstitch_core.events import ModelStats, Source
-from rstitch_core.models.loading import load_model, resolve_backend
+from rstitch_core.models.llamacpp import MAX_SEQUENCES as LLAMACPP_MAX_SEQUENCES
+from rstitch_core.models.loading import BACKEND_CHOICES, load_model, resolve_backend
 from rstitch_core.models.prefill import PrefillSpec
 from rstitch_core.models.scheduler import BatchedRunner
 from rstitch_core.policies.phases import run_phase
@@ -33,7 +34,6 @@ from services.session_store import Session, SessionReleased, SessionStore, TurnC
 __all__ = ["LLMWorker", "ModelWorker", "SLMWorker", "SessionReleased", "TurnCall", "WorkerBusy", "WorkerConfig"]
 
 
-LLAMACPP_MAX_SEQUENCES = 256  # llama.cpp's sequence limit per context
 # KV positions a llama.cpp worker allocates at start (all its sessions together): 65536 positions are
 # 1.8 GB for the 1.5B in f16. The session store evicts idle sessions to stay within them.
 LLAMACPP_MAX_CACHED_TOKENS = 65_536
@@ -66,8 +66,8 @@ class WorkerConfig:
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise ValueError(f"threads must be an integer >= 1, got {self.threads!r}")
-        if self.backend not in ("auto", "torch", "llamacpp"):
-            raise ValueError(f"backend must be auto, torch or llamacpp, got {self.backend!r}")
+        if self.backend not in BACKEND_CHOICES:
+            raise ValueError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, got {self.backend!r}")
         if self.backend == "llamacpp" and (self.dtype != "auto" or self.prefill != "off"):
             raise ValueError(f"dtype {self.dtype!r} / prefill {self.prefill!r}: the llama.cpp backend computes in the "
                              f"GGUF files' own quantization (leave dtype auto and prefill off, or use backend torch)")
