@@ -1,20 +1,25 @@
 """`rstitch serve`: a local Ray cluster running the app; prints the gRPC and HTTP (OpenAI API)
-addresses; Ctrl-C stops it."""
+addresses; SIGTERM or SIGINT (Ctrl-C) drains it and stops every process it started."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 import os
-import signal
 import sys
-import threading
+import time
 from contextlib import contextmanager
 
 import yaml
 
 from rstitch_cli.common import DTYPE_CHOICES, check_llamacpp_args, pick_backend, pick_dtype
+from rstitch_cli.stopping import Stopper, say
 from rstitch_core.models.loading import BACKEND_CHOICES
+from services.http_door import API_KEY_ENV
+from services.limits import MAX_REQUEST_BYTES
+
+LOOPBACK = "127.0.0.1"
+GRACE_PERIOD_S = 5.0
 
 
 def add_parser(sub) -> None:
@@ -51,6 +56,15 @@ def add_parser(sub) -> None:
     p.add_argument("--num-gpus", type=int, help="GPUs for the local Ray cluster (default: all visible)")
     p.add_argument("--metrics-port", type=int, default=8080,
                    help="Ray's Prometheus metrics export port on this node (default: %(default)s)")
+    p.add_argument("--host", default=LOOPBACK, help="address the APIs serve: the default serves this machine "
+                   "only (the HTTP API binds it; gRPC refuses other peers), 0.0.0.0 serves the network "
+                   "(default: %(default)s)")
+    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
+                   help=f"require this key of every request: HTTP 'Authorization: Bearer KEY', gRPC metadata "
+                   f"'authorization: Bearer KEY' (default: ${API_KEY_ENV}, else no key)")
+    p.add_argument("--grace-period", type=float, default=GRACE_PERIOD_S, metavar="SECONDS",
+                   help="on SIGTERM/SIGINT, how long the requests in flight may run on before they are cut "
+                   "with UNAVAILABLE; a second signal stops at once (default: %(default)s)")
     p.set_defaults(run=run)
 
 
@@ -168,24 +182,31 @@ def ensure_models(app_args: dict) -> None:
 
 @contextmanager
 def local_service(app_args: dict, port: int, metrics_port: int, num_cpus: int | None, num_gpus: int | None = None,
-                  http_port: int = 8000, quiet: bool = False):
-    """A local Ray cluster running the app with gRPC on `port` and HTTP on `http_port`; shut down on
-    exit. `quiet` keeps the replicas' logs in Ray's log files instead of this terminal."""
+                  http_port: int = 8000, quiet: bool = False, host: str = LOOPBACK):
+    """A local Ray cluster running the app with gRPC on `port` and HTTP on `host`:`http_port`; shut
+    down on exit, every process of the cluster ended. `quiet` keeps the replicas' logs in Ray's log
+    files instead of this terminal."""
     import ray
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
 
     from services.app import GRPC_SERVICER, build_app
+    from services.grpc_door import HOST_ENV
 
+    # Read by Ray's processes, which inherit this environment: the gRPC proxy refuses a message
+    # over the limit as its length prefix arrives, not after reading up to 2 GiB of it; the
+    # proxy's door (services.grpc_door) serves other machines only when asked.
+    os.environ["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] = str(MAX_REQUEST_BYTES)
+    os.environ[HOST_ENV] = host
     ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _metrics_export_port=metrics_port,
              log_to_driver=not quiet, logging_level="WARNING" if quiet else "INFO")
     try:
         serve.start(grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[GRPC_SERVICER]),
-                    http_options=HTTPOptions(port=http_port))
+                    http_options=HTTPOptions(host=host, port=http_port))
         serve.run(build_app(app_args), name="rstitch", route_prefix="/")
         yield f"localhost:{port}"
     finally:
-        print("rstitch: shutting down", file=sys.stderr, flush=True)
+        say("shutting down")
         ray_processes = _descendants()
         serve.shutdown()
         ray.shutdown()
@@ -222,18 +243,37 @@ def run(args: argparse.Namespace) -> int:
     port_http = http_port(args)
     ensure_models(app_args)
     resolve_cost_profile(app_args)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        with local_service(app_args, port, args.metrics_port, args.num_cpus, args.num_gpus, port_http) as address:
-            print(f"rstitch: serving rstitch.v1.RStitch over gRPC on {address} and the OpenAI-compatible API "
-                  f"on http://localhost:{port_http}/v1 (Ctrl-C stops)", flush=True)
-            print(f"rstitch: Prometheus metrics (ray_rstitch_*, ray_serve_*) at http://127.0.0.1:{args.metrics_port}"
-                  "/metrics (scrape config: deploy/prometheus/prometheus.yml)", flush=True)
-            print(f"rstitch: try: rstitch client --address {address} --prompt 'What is 17 * 23?'", flush=True)
-            print(f"rstitch:  or: any OpenAI client with base_url http://localhost:{port_http}/v1 "
-                  f"(model list: curl http://localhost:{port_http}/v1/models)", flush=True)
-            stop.wait()
-    except KeyboardInterrupt:
-        pass
+    if args.api_key:
+        os.environ[API_KEY_ENV] = args.api_key  # read by the front end and the gRPC proxy (Ray's processes)
+    stopper = Stopper()
+    shown = "localhost" if args.host == LOOPBACK else args.host
+    with local_service(app_args, port, args.metrics_port, args.num_cpus, args.num_gpus, port_http,
+                       host=args.host) as address:
+        stopper.install()  # after ray.init, which installs a SIGTERM handler of its own
+        address = f"{shown}:{port}"
+        print(f"rstitch: serving rstitch.v1.RStitch over gRPC on {address} and the OpenAI-compatible API "
+              f"on http://{shown}:{port_http}/v1 (Ctrl-C or SIGTERM stops)", flush=True)
+        print(f"rstitch: Prometheus metrics (ray_rstitch_*, ray_serve_*) at http://127.0.0.1:{args.metrics_port}"
+              "/metrics (scrape config: deploy/prometheus/prometheus.yml)", flush=True)
+        print(f"rstitch: try: rstitch client --address {address} --prompt 'What is 17 * 23?'", flush=True)
+        print(f"rstitch:  or: any OpenAI client with base_url http://{shown}:{port_http}/v1 "
+              f"(model list: curl http://{shown}:{port_http}/v1/models)", flush=True)
+        stopper.wait()
+        drain(args.grace_period, stopper)
+    say(f"stopped, every process ended, {time.monotonic() - stopper.at:.1f} s after {stopper.signal_name}")
     return 0
+
+
+def drain(grace_s: float, stopper: Stopper) -> None:
+    """Ask the front end to drain (services.shutdown): new requests refused, those in flight given
+    `grace_s`, then cut with UNAVAILABLE."""
+    from ray import serve
+
+    try:
+        frontend = serve.get_deployment_handle("Frontend", "rstitch")
+        done = frontend.drain.remote(grace_s).result(timeout_s=grace_s + 15)
+    except Exception as err:  # noqa: BLE001 - a front end that cannot drain is stopped all the same
+        say(f"drain failed ({type(err).__name__}: {err}); stopping")
+        return
+    say(f"drained {time.monotonic() - stopper.at:.1f} s after {stopper.signal_name}: {done['cut']} requests "
+        f"cut at the end of the {grace_s:g} s grace period")

@@ -27,6 +27,7 @@ from services.metrics import BUSY, CANCELLED, ERROR, INVALID, RequestRecorder, F
 from services.protocol import finish_response, switch_response, tokens_response
 from services.request_parsing import NoRouter, ParsedRequest, parse_request
 from services.session import Releases, RemoteSession
+from services.shutdown import Drain
 from services.worker import WorkerBusy, resolve_model_source
 
 logger = logging.getLogger(__name__)
@@ -73,12 +74,21 @@ class Frontend:
         self.metrics = FrontendMetrics()
         self._pair: dict | None = None
         self._pair_lock = asyncio.Lock()
+        self.drain_state = Drain(WorkerUnavailable)  # rstitch serve drains it on SIGTERM/SIGINT
 
     def __serve_build_asgi_app__(self):
         """The HTTP front end, built by Serve once the replica is constructed (see app.build_app)."""
+        from services.http_door import HTTPDoor, api_key_from_env
         from services.openai_api import build_http_app
 
-        return build_http_app(self)
+        app = build_http_app(self)
+        app.add_middleware(HTTPDoor, api_key=api_key_from_env())  # key, media type, size, slow bodies
+        return app
+
+    async def drain(self, grace_s: float) -> dict:
+        """Refuse new requests, give those in flight `grace_s` to finish, then cut the rest with
+        UNAVAILABLE (services.shutdown); returns what happened."""
+        return await self.drain_state.drain(lambda: self.active_requests, grace_s)
 
     async def pair_info(self) -> dict:
         """Stop ids, context window and vocabulary shared by both workers (asked once)."""
@@ -97,6 +107,7 @@ class Frontend:
         """Validate a request that the front end parses with `parse(pair_info)`, and encode its prompt.
         Raises (counted as invalid) ValueError naming the field or NoRouter; WorkerUnavailable."""
         started = time.perf_counter()
+        self.drain_state.check_admit()
         try:
             pair = await self.pair_info()
         except Exception as err:
@@ -140,9 +151,13 @@ class Frontend:
                 _record(record, event)
                 if isinstance(event, TokenEvent):
                     self.draft_windows.emitted(1)
+                self.drain_state.check_running()
                 yield event
         except (asyncio.CancelledError, GeneratorExit):
             record.close(CANCELLED, time.perf_counter() - started)
+            raise
+        except WorkerUnavailable:  # cut by a drain (services.shutdown): nothing went wrong here
+            record.close(ERROR, time.perf_counter() - started)
             raise
         except WorkerBusy as err:
             record.close(BUSY, time.perf_counter() - started)

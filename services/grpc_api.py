@@ -15,6 +15,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from rstitch.v1 import rstitch_pb2 as pb
+from services import grpc_door
 from services.request_parsing import MalformedRequest
 
 
@@ -35,6 +36,7 @@ def cancel_safe(stream_handler: Callable[..., AsyncIterator]) -> Callable[..., A
     generator runs in its own task that only ever waits on the replica (its messages go to an
     unbounded queue), and that task is cancelled as soon as the RPC is over."""
     async def handler(request, context) -> AsyncIterator:
+        await grpc_door.check(context)  # before the request reaches a replica
         live = _LiveContext(context)
         queue: asyncio.Queue = asyncio.Queue()
         pump = asyncio.create_task(_pump(stream_handler(request, live), queue))
