@@ -7,7 +7,8 @@ An ASGI wrapper around the OpenAI app (services.openai_api) that, in this order:
   text/plain POST to a server on localhost without any preflight, but never an application/json one;
 - refuses a body declared or found larger than services.limits.MAX_REQUEST_BYTES (413);
 - reads the whole body within BODY_TIMEOUT_S (else 408), while at most MAX_INCOMPLETE requests of
-  this replica are still being sent (else 429 at once). A client that sends a body slowly, or
+  this replica are still being sent; beyond that only a body that arrives whole at once is read
+  (else 429 at once, or after FIRST_CHUNK_TIMEOUT_S for one whose first bytes do not come). A client that sends a body slowly, or
   never finishes it, so holds a replica's place for seconds at most and only a few of them:
   the places (Serve's max_ongoing_requests) stay free for the requests that are complete.
 """
@@ -24,6 +25,7 @@ from services.limits import MAX_REQUEST_BYTES
 API_KEY_ENV = "RSTITCH_API_KEY"
 BODY_TIMEOUT_S = 10.0
 MAX_INCOMPLETE = 16
+FIRST_CHUNK_TIMEOUT_S = 1.0  # once MAX_INCOMPLETE are being read: how long a body's first bytes may take
 OPEN_PATHS = frozenset({"/health"})  # probes carry no key
 
 
@@ -53,7 +55,7 @@ class HTTPDoor:
         refusal = self._refusal(scope, headers)
         if refusal is None and scope["method"] == "POST":
             refusal, receive = await self._read_body(headers, receive)
-            if receive is None:  # the client went away while sending: nobody to answer
+            if refusal is None and receive is None:  # the client went away while sending: nobody to answer
                 return None
         if refusal is not None:
             return await _answer(send, *refusal)
@@ -78,10 +80,19 @@ class HTTPDoor:
         return None
 
     async def _read_body(self, headers: dict, receive) -> tuple:
-        """(refusal or None, a receive that replays the body read whole, then the client's events)."""
+        """(refusal or None, a receive that replays the body read whole, then the client's events);
+        receive None: the client went away while sending."""
         if self.incomplete >= self.max_incomplete:
-            return (429, f"server busy: {self.incomplete} requests are still being sent to this replica "
-                    f"(max {self.max_incomplete}); retry later", "rate_limit_error", "too_many_incomplete"), receive
+            # Full: a body that arrives whole in its first message is still served (a normal
+            # request is), one that does not gets 429 at once, or after FIRST_CHUNK_TIMEOUT_S.
+            try:
+                body = await asyncio.wait_for(_body(receive, self.max_body, whole_first=True), FIRST_CHUNK_TIMEOUT_S)
+            except (TimeoutError, _Incomplete):
+                return (429, f"server busy: {self.incomplete} requests are still being sent to this replica "
+                        f"(max {self.max_incomplete}); retry later", "rate_limit_error", "too_many_incomplete"), receive
+            except _TooLarge as err:
+                return _too_large(str(err), self.max_body), receive
+            return None, None if body is None else _replay(body, receive)
         self.incomplete += 1
         try:
             body = await asyncio.wait_for(_body(receive, self.max_body), self.body_timeout_s)
@@ -92,16 +103,20 @@ class HTTPDoor:
             return _too_large(str(err), self.max_body), receive
         finally:
             self.incomplete -= 1
-        if body is None:
-            return None, None
-        return None, _replay(body, receive)
+        return None, None if body is None else _replay(body, receive)
 
 
 class _TooLarge(Exception):
     pass
 
 
-async def _body(receive, limit: int) -> bytes | None:
+class _Incomplete(Exception):
+    pass
+
+
+async def _body(receive, limit: int, whole_first: bool = False) -> bytes | None:
+    """The whole body (None if the client went away); _Incomplete if `whole_first` and the first
+    message does not hold all of it."""
     chunks, size = [], 0
     while True:
         message = await receive()
@@ -114,6 +129,8 @@ async def _body(receive, limit: int) -> bytes | None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+        if whole_first:
+            raise _Incomplete
 
 
 def _replay(body: bytes, receive):
