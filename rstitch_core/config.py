@@ -49,11 +49,15 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+MIN_TEMPERATURE = 1e-5  # the floor of sampled decoding: below it, greedy
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How tokens are picked and when generation stops.
 
-    temperature 0 means greedy. top_k 0 and top_p 1.0 disable those filters. A seed makes sampled
+    temperature 0 means greedy, and so does any temperature below MIN_TEMPERATURE (as in vLLM):
+    logits divided by 1e-300 overflow, and sampling would pick one token over and over. top_k 0 and top_p 1.0 disable those filters. A seed makes sampled
     runs reproducible; without one each run draws a fresh seed. Stop strings end generation and are
     not part of the emitted text.
     """
@@ -85,7 +89,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < MIN_TEMPERATURE
 
 
 class Acceptance(str, Enum):

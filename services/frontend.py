@@ -9,6 +9,7 @@ import logging
 import re
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,7 @@ class Frontend:
         self.metrics = FrontendMetrics()
         self._pair: dict | None = None
         self._pair_lock = asyncio.Lock()
+        self._tokenizing = ThreadPoolExecutor(1, thread_name_prefix="rstitch-tokenize")  # see prepare
         self.drain_state = Drain(WorkerUnavailable)  # rstitch serve drains it on SIGTERM/SIGINT
 
     def __serve_build_asgi_app__(self):
@@ -116,9 +118,10 @@ class Frontend:
                 raise unavailable from err
             raise
         try:
-            parsed = parse(pair)
-            ids = encode_prompt(self.tokenizer, parsed.prompt, parsed.messages)
-            check_request(ids, parsed.sampling.max_new_tokens, pair["max_context"], pair["vocab_size"])
+            # Parsing a 1 MiB body and tokenizing a long input take up to seconds of CPU: on the
+            # event loop they would stall every stream's next token. One thread: a fast tokenizer
+            # used from two threads at once fails ("Already borrowed").
+            parsed, ids = await asyncio.get_running_loop().run_in_executor(self._tokenizing, self._encode, parse, pair)
         except ValueError:
             self.metrics.request("unknown").close(INVALID, time.perf_counter() - started)
             raise
@@ -126,6 +129,12 @@ class Frontend:
             self.metrics.request("rstitch+").close(INVALID, time.perf_counter() - started)
             raise
         return Prepared(parsed, ids, pair, started)
+
+    def _encode(self, parse: Callable[[dict], ParsedRequest], pair: dict) -> tuple[ParsedRequest, list[int]]:
+        parsed = parse(pair)
+        ids = encode_prompt(self.tokenizer, parsed.prompt, parsed.messages)
+        check_request(ids, parsed.sampling.max_new_tokens, pair["max_context"], pair["vocab_size"])
+        return parsed, ids
 
     async def stream(self, prepared: Prepared) -> AsyncIterator[Event]:
         """Admit a prepared request and stream its core events; however the stream ends (finished,

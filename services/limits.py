@@ -42,12 +42,16 @@ def check_stop(stop: Sequence[str], field: str = "sampling.stop") -> None:
     for i, s in enumerate(stop):
         if len(s) > MAX_STOP_CHARS:
             raise ValueError(f"{field}[{i}] must be at most {MAX_STOP_CHARS} characters, got {len(s)}")
+        check_unicode(s, f"{field}[{i}]")
 
 
-def check_prompt(prompt: str, field: str = "prompt") -> None:
-    """A raw prompt is at most MAX_INPUT_CHARS characters."""
-    if len(prompt) > MAX_INPUT_CHARS:
-        raise ValueError(f"{field} must be at most {MAX_INPUT_CHARS} characters, got {len(prompt)}")
+def check_prompt(prompt, field: str = "prompt") -> None:
+    """A raw prompt (a string, or any content form: text parts, token ids) is at most
+    MAX_INPUT_CHARS characters (a token id counts as one), and valid Unicode."""
+    size = input_size(prompt)
+    if size > MAX_INPUT_CHARS:
+        raise ValueError(f"{field} must be at most {MAX_INPUT_CHARS} characters, got {size}")
+    check_unicode(prompt, field)
 
 
 def check_messages(messages: Sequence[dict], field: str = "messages") -> None:
@@ -55,10 +59,36 @@ def check_messages(messages: Sequence[dict], field: str = "messages") -> None:
     characters (checked before the messages' own validation, so only sizes are assumed)."""
     if len(messages) > MAX_MESSAGES:
         raise ValueError(f"{field} must hold at most {MAX_MESSAGES} messages, got {len(messages)}")
-    total = sum(_chars(m.get("role")) + _chars(m.get("content")) for m in messages if isinstance(m, dict))
+    total = sum(input_size(m.get("role")) + input_size(m.get("content")) for m in messages if isinstance(m, dict))
     if total > MAX_INPUT_CHARS:
         raise ValueError(f"{field}: roles and contents must total at most {MAX_INPUT_CHARS} characters, got {total}")
+    for i, m in enumerate(messages):
+        if isinstance(m, dict):
+            check_unicode(m.get("role"), f"{field}[{i}].role")
+            check_unicode(m.get("content"), f"{field}[{i}].content")
 
 
-def _chars(value) -> int:
-    return len(value) if isinstance(value, str) else 0
+def input_size(value) -> int:
+    """The size of an input in every form a client may send it: a string's characters, the texts of
+    content parts ({"type": "text", "text": ...}), one per token id, nested lists summed. Counted
+    before anything is joined or tokenized, so no form slips past MAX_INPUT_CHARS."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return input_size(value.get("text"))
+    if isinstance(value, (list, tuple)):
+        return sum(1 if isinstance(v, int) else input_size(v) for v in value)
+    return 0
+
+
+def check_unicode(value, field: str) -> None:
+    """Text a tokenizer can take: no lone surrogate (JSON may carry "\\ud800"; tokenizers fail on it)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(f"{field} must be valid Unicode text: a lone surrogate "
+                             f"{value[err.start]!r} at character {err.start}") from None
+    elif isinstance(value, (list, tuple)):
+        for part in value:
+            check_unicode(part.get("text") if isinstance(part, dict) else part, field)

@@ -50,7 +50,7 @@ def parse_openai(body: bytes, endpoint: Endpoint, model_id: str, max_context: in
     model = req.get("model")
     if model is not None and model != model_id:
         raise UnknownModel("model", f"model {model!r:.80} is not served here; GET /v1/models lists {model_id!r}")
-    if req.get("n") not in (None, 1):
+    if req.get("n") not in (None, 1) or isinstance(req.get("n"), bool):  # True == 1 in Python
         raise FieldError("n", f"n must be 1 (one choice per request), got {req['n']!r:.80}")
     stream = _optional_bool(req, "stream", False)
     options = req.get("stream_options")
@@ -71,6 +71,8 @@ def _json_object(body: bytes) -> dict:
         req = json.loads(body)
     except ValueError as err:  # UnicodeDecodeError included
         raise FieldError(None, f"the request body is not valid JSON: {err}") from None
+    except RecursionError:
+        raise FieldError(None, "the request body is nested too deeply") from None
     if not isinstance(req, dict):
         raise FieldError(None, f"the request body must be a JSON object, got {type(req).__name__}")
     return req
