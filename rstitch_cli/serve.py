@@ -267,11 +267,10 @@ def run(args: argparse.Namespace) -> int:
 def drain(grace_s: float, stopper: Stopper) -> None:
     """Ask the front end to drain (services.shutdown): new requests refused, those in flight given
     `grace_s`, then cut with UNAVAILABLE."""
-    from ray import serve
+    from services.shutdown import drain_frontend
 
     try:
-        frontend = serve.get_deployment_handle("Frontend", "rstitch")
-        done = frontend.drain.remote(grace_s).result(timeout_s=grace_s + 15)
+        done = drain_frontend(grace_s)
     except Exception as err:  # noqa: BLE001 - a front end that cannot drain is stopped all the same
         say(f"drain failed ({type(err).__name__}: {err}); stopping")
         return

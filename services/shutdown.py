@@ -53,3 +53,36 @@ async def _wait_idle(active: Callable[[], int], timeout_s: float) -> bool:
             return False
         await asyncio.sleep(0.02)
     return True
+
+
+def drain_frontend(grace_s: float, app: str = "rstitch") -> dict:
+    """Drain the app's Frontend replica (from a driver connected to its Ray cluster): what
+    `rstitch serve` does on its first signal and a head pod's preStop hook does before SIGTERM."""
+    from ray import serve
+
+    frontend = serve.get_deployment_handle("Frontend", app)
+    return frontend.drain.remote(grace_s).result(timeout_s=grace_s + 15)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m services.shutdown --grace-period S`: a Kubernetes preStop hook on the pod holding
+    the Frontend. The pod keeps serving until the hook returns, so the streams in flight finish
+    (or are cut with UNAVAILABLE) before the container gets SIGTERM."""
+    import argparse
+
+    import ray
+
+    parser = argparse.ArgumentParser(prog="python -m services.shutdown", description=main.__doc__)
+    parser.add_argument("--grace-period", type=float, required=True, metavar="SECONDS")
+    parser.add_argument("--app", default="rstitch", help="the Serve application name (default: %(default)s)")
+    args = parser.parse_args(argv)
+    ray.init(address="auto", log_to_driver=False, logging_level="ERROR")
+    try:
+        print(f"rstitch: drained: {drain_frontend(args.grace_period, args.app)}", flush=True)
+    finally:
+        ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
