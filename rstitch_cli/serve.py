@@ -245,6 +245,11 @@ def run(args: argparse.Namespace) -> int:
     resolve_cost_profile(app_args)
     if args.api_key:
         os.environ[API_KEY_ENV] = args.api_key  # read by the front end and the gRPC proxy (Ray's processes)
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        # Ray 2.60 binds its own ports on every interface whatever --host says: its token is what
+        # keeps another machine from joining the cluster and calling the workers.
+        say("warning: RAY_AUTH_MODE=disabled turns Ray's token authentication off, and Ray's own ports listen "
+            "on every interface: any peer that reaches this machine can join the cluster; unset it")
     stopper = Stopper()
     shown = "localhost" if args.host == LOOPBACK else args.host
     with local_service(app_args, port, args.metrics_port, args.num_cpus, args.num_gpus, port_http,
