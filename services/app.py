@@ -115,15 +115,16 @@ class AppConfig:
         return options
 
 
-def build_app(args: dict[str, Any] | None = None) -> serve.Application:
-    """Frontend (gRPC and HTTP ingress) bound to an SLMWorker and an LLMWorker deployment."""
+def build_app(args: dict[str, Any] | None = None, llm_class: type = LLMWorker) -> serve.Application:
+    """Frontend (gRPC and HTTP ingress) bound to an SLMWorker and an LLMWorker deployment
+    (`llm_class`: the LLM worker's class, a subclass in tests that inject faults)."""
     cfg = AppConfig.from_args(args)
     worker_options = dict(max_ongoing_requests=4 * cfg.max_sessions, request_router_config=SESSION_AFFINITY)
     slm = serve.deployment(SLMWorker, name="SLMWorker", num_replicas=cfg.slm_replicas,
                            ray_actor_options=cfg.actor_options("slm"), **worker_options)
     llm_scale = ({"autoscaling_config": cfg.llm_autoscaling} if cfg.llm_autoscaling
                  else {"num_replicas": cfg.llm_replicas})
-    llm = serve.deployment(LLMWorker, name="LLMWorker", ray_actor_options=cfg.actor_options("llm"),
+    llm = serve.deployment(llm_class, name="LLMWorker", ray_actor_options=cfg.actor_options("llm"),
                            **llm_scale, **worker_options)
     # Serve's own queue admits more than the front end runs, so excess requests get a clear
     # RESOURCE_EXHAUSTED from the front end instead of waiting in a queue.
