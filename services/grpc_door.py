@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from urllib.parse import unquote
 
 import grpc
 
@@ -40,8 +41,9 @@ def is_loopback(host: str) -> bool:
 
 
 def peer_host(peer: str) -> str:
-    """The address of a gRPC peer string: 'ipv4:1.2.3.4:5', 'ipv6:[::1]:5', 'unix:...'."""
-    kind, _, rest = peer.partition(":")
+    """The address of a gRPC peer string: 'ipv4:1.2.3.4:5', 'ipv6:%5B::1%5D:5' (gRPC escapes the
+    brackets, as in a URI), 'unix:...'."""
+    kind, _, rest = unquote(peer).partition(":")
     if kind == "unix":
         return "localhost"
     return rest.rsplit(":", 1)[0].strip("[]")

@@ -43,7 +43,7 @@ class Served:
         threading.Thread(target=self._follow, daemon=True).start()
         self.wait_for("rstitch: serving", START_TIMEOUT_S)
         self.children = psutil.Process(self.proc.pid).children(recursive=True)
-        self.address = f"127.0.0.1:{self.ports['grpc']}"
+        self.address = f"localhost:{self.ports['grpc']}"  # the address it prints
 
     def _follow(self) -> None:
         for line in self.proc.stdout:
