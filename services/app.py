@@ -115,10 +115,15 @@ class AppConfig:
         return options
 
 
-def build_app(args: dict[str, Any] | None = None, llm_class: type = LLMWorker) -> serve.Application:
-    """Frontend (gRPC and HTTP ingress) bound to an SLMWorker and an LLMWorker deployment
-    (`llm_class`: the LLM worker's class, a subclass in tests that inject faults)."""
-    cfg = AppConfig.from_args(args)
+def build_app(args: dict[str, Any] | None = None) -> serve.Application:
+    """Frontend (gRPC and HTTP ingress) bound to an SLMWorker and an LLMWorker deployment. (Serve
+    calls an app builder with exactly one argument.)"""
+    return bind_app(AppConfig.from_args(args))
+
+
+def bind_app(cfg: AppConfig, llm_class: type = LLMWorker) -> serve.Application:
+    """build_app's graph for a checked config; `llm_class`: the LLM worker's class (a subclass in
+    tests that inject faults)."""
     worker_options = dict(max_ongoing_requests=4 * cfg.max_sessions, request_router_config=SESSION_AFFINITY)
     slm = serve.deployment(SLMWorker, name="SLMWorker", num_replicas=cfg.slm_replicas,
                            ray_actor_options=cfg.actor_options("slm"), **worker_options)

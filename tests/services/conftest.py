@@ -15,7 +15,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 def service(pair_dirs, router_file, request):
     """(gRPC address, app args, metrics URL, HTTP proxy URL) of a running app: SLM worker (holding
     an R-Stitch+ router), 2 LLM replicas, router. A test module can override app args with a
-    module-level APP_ARGS dict, and pass build_app keyword arguments in BUILD_APP. Every port is a free one (Serve's defaults, 8000 and 9000, may be
+    module-level APP_ARGS dict, and replace build_app with its own BUILD_APP(args). Every port is a free one (Serve's defaults, 8000 and 9000, may be
     taken by anything else on the machine)."""
     import ray
     from ray import serve
@@ -33,7 +33,7 @@ def service(pair_dirs, router_file, request):
     try:
         serve.start(grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[GRPC_SERVICER]),
                     http_options=HTTPOptions(host="127.0.0.1", port=http_port))
-        serve.run(build_app(args, **getattr(request.module, "BUILD_APP", {})), name="rstitch", route_prefix="/")
+        serve.run(getattr(request.module, "BUILD_APP", build_app)(args), name="rstitch", route_prefix="/")
         yield f"127.0.0.1:{port}", args, f"http://127.0.0.1:{metrics_port}/metrics", f"http://127.0.0.1:{http_port}"
     finally:
         serve.shutdown()

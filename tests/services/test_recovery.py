@@ -15,6 +15,7 @@ import psutil
 from ray import cloudpickle  # Ray's own copy: the one that pickles deployments
 
 from rstitch_core import Generation, RoutingParams, SamplingParams
+from services.app import AppConfig, bind_app
 from services.protocol import collect_responses
 from services.worker import LLMWorker
 
@@ -38,7 +39,10 @@ class SlowReplacementLLMWorker(LLMWorker):
 # Ray's workers cannot import this test module: send the class itself.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 APP_ARGS = {"llm_replicas": 1, "router": None}
-BUILD_APP = {"llm_class": SlowReplacementLLMWorker}
+
+
+def BUILD_APP(args: dict):  # noqa: N802 - the name conftest's service fixture looks for
+    return bind_app(AppConfig.from_args(args), llm_class=SlowReplacementLLMWorker)
 
 
 def test_streams_wait_for_a_slowly_loading_replacement_and_complete_identically(client, engine):
