@@ -238,7 +238,7 @@ def print_table(f: dict, args) -> None:
     for role, b in (f.get("batching") or {}).items():
         if b and b["steps"]:
             print(f"{role} worker: {b['steps']} batched steps, mean {b['rows'] / b['steps']:.2f} sessions per step "
-                  f"(max {b['max_rows']}), {b['lingers']} steps waited the full linger")
+                  f"(max {b['max_rows']}), {b.get('deferred', 0)} passes deferred by the step budget")
     rows = [(str(c), row) for c, row in f["levels"].items()]
     if f["unbatched"]:
         rows.append(("1, batching off", f["unbatched"]))

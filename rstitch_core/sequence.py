@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Sequence as Seq
+from typing import Generator, Sequence as Seq
 
 from rstitch_core.config import SamplingParams
 from rstitch_core.events import (Direction, FinishEvent, FinishReason, GenerationStats, ModelStats,
                                  Source, SwitchEvent, TokenEvent)
-from rstitch_core.models.backend import Cache, ForwardOutput, ModelBackend
+from rstitch_core.models.backend import Cache, CacheSource, ForwardOutput, PassRequest
 from rstitch_core.text import IncrementalDetokenizer, TextOutput
 
 
@@ -24,7 +24,7 @@ class ModelState:
     """One model's view of one sequence: its KV cache (allocated on the model's first turn)."""
 
     source: Source
-    runner: ModelBackend
+    runner: CacheSource  # a ModelBackend in-process, the worker's StepEngine served
     stats: ModelStats
     cache: Cache | None = None
     # (new tokens, cached tokens before) per forward pass: what a cost model prices a trajectory by
@@ -35,27 +35,23 @@ class ModelState:
         return self.cache.num_tokens if self.cache is not None else 0
 
     def step(self, token_ids: Seq[int], turn_start: bool, num_logits: int = 1,
-             hidden: bool = False) -> ForwardOutput:
-        """One pass over exactly the tokens of `token_ids` this model has not seen.
+             hidden: bool = False) -> Generator[PassRequest, ForwardOutput, ForwardOutput]:
+        """Ask for one pass over exactly the tokens of `token_ids` this model has not seen (yielded
+        to whoever runs passes: run_inline in-process, a worker's StepEngine served); returns its output.
 
         At the start of a turn that is the partial prefill (the whole prompt on the first turn);
         within a turn it is the one token the model just wrote.
         """
         if self.cache is None:
             self.cache = self.runner.new_cache()
-        unseen = token_ids[self.num_cached:]
+        unseen = list(token_ids[self.num_cached:])
         self.passes.append((len(unseen), self.num_cached))
-        out = self.runner.forward(self.cache, unseen, num_logits=num_logits, hidden=hidden)
+        out = yield PassRequest(self.cache, unseen, num_logits, hidden)
         self.stats.forward_passes += 1
         self.stats.forward_tokens += len(unseen)
         self.stats.prefill_tokens += len(unseen) if turn_start else 0
         self.stats.seconds += out.seconds
         return out
-
-    def idle(self) -> None:
-        """This model's turn is over: a batched runner need not wait for this sequence's next pass."""
-        if self.cache is not None and hasattr(self.runner, "idle"):
-            self.runner.idle(self.cache)
 
     def release(self) -> None:
         """Free the cache (a batched runner's slot, a llama.cpp sequence)."""

@@ -3,6 +3,7 @@ RayService all call build_app(args)."""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, fields
 from typing import Any
@@ -14,6 +15,8 @@ from rstitch_core.models.loading import BACKEND_CHOICES
 from rstitch_core.models.prefill import PrefillSpec
 from services.frontend import Frontend
 from services.worker import LLMWorker, SLMWorker, WorkerConfig
+
+logger = logging.getLogger(__name__)
 
 # Like the generated rstitch.v1.rstitch_pb2_grpc function, but unparseable requests reach the front end
 # (which answers INVALID_ARGUMENT) instead of failing as INTERNAL in the gRPC layer.
@@ -61,7 +64,7 @@ class AppConfig:
     default_threshold: float = 0.02  # tau for requests that leave routing.threshold unset
     router: str | None = None  # R-Stitch+ router file for POLICY_RSTITCH_PLUS; loaded by the SLM worker
     batching: bool = True  # each worker runs its sessions' passes as one batched pass per step
-    batch_linger_s: float = 0.02  # how long a step waits for the sessions of the previous step
+    max_batch_tokens: int = 8192  # tokens one worker step feeds (a longer single pass runs alone)
     # While the SLM holds the turn, the LLM worker prefills its tokens in the background once this
     # many are unseen, so a hand-over pass feeds about one token (0: off).
     shadow_prefill_tokens: int = 0
@@ -94,6 +97,9 @@ class AppConfig:
         args = dict(args or {})
         if "torch_threads" in args and "threads" not in args:  # the old spelling, from before llama.cpp
             args["threads"] = args.pop("torch_threads")
+        if "batch_linger_s" in args:  # workers step their sessions now: no timer to set
+            logger.warning("app arg batch_linger_s=%r is ignored: a worker's step runs every waiting pass "
+                           "without a timer (see max_batch_tokens)", args.pop("batch_linger_s"))
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(args) - known)
         if unknown:
@@ -106,7 +112,7 @@ class AppConfig:
                             device=getattr(self, f"{role}_device"), max_sessions=self.max_sessions,
                             max_cached_tokens=self.max_cached_tokens, threads=self.threads,
                             router=self.router if role == "slm" else None, batching=self.batching,
-                            batch_linger_s=self.batch_linger_s)
+                            max_batch_tokens=self.max_batch_tokens)
 
     def actor_options(self, role: str) -> dict:
         options = {"num_cpus": getattr(self, f"{role}_num_cpus"), "num_gpus": getattr(self, f"{role}_num_gpus")}

@@ -44,6 +44,16 @@ class PassRequest:
     hidden: bool = False
 
 
+class CacheSource(Protocol):
+    """Where a sequence's cache comes from and goes back to: a ModelBackend, or a worker's StepEngine."""
+
+    def new_cache(self) -> Cache:
+        """An empty cache for one sequence."""
+
+    def release(self, cache: Cache) -> None:
+        """The sequence is gone: free what its cache holds."""
+
+
 class BatchPool(Protocol):
     """Caches that can share one batched pass: a worker allocates every session's cache here."""
 

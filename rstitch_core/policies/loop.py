@@ -22,6 +22,7 @@ from typing import Generator, Iterator, Protocol
 
 from rstitch_core.config import Policy, RoutingParams
 from rstitch_core.events import Direction, Event, Source
+from rstitch_core.models.step_engine import run_inline
 from rstitch_core.policies.acceptance import Draft
 from rstitch_core.policies.phases import NEVER, DraftOp, Op, Result, VerifyOp, run_phase
 from rstitch_core.policies.router import SwitchRouter
@@ -164,6 +165,5 @@ def run_local(seq: Sequence, slm: ModelState, llm: ModelState, routing: RoutingP
             yield seq.switch(step.direction, states[step.target].num_cached, step.discarded)
         else:
             state = states[step.model]
-            steps.result = yield from run_phase(step, seq, state, sampler, router)
-            state.idle()  # a batched runner stops waiting for this sequence
+            steps.result = yield from run_inline(run_phase(step, seq, state, sampler, router), state.runner)
     yield seq.finish()

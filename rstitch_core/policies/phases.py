@@ -2,7 +2,9 @@
 
 Each phase runs on one model's cache and the sequence it mirrors, appends the tokens it keeps to
 that sequence (so the stop rules apply at once) and yields them as TokenEvents, then returns its
-result. In-process the sequence is the request's own; served, it is the worker's mirror and the
+result. A phase never calls the model: it yields each pass it needs (a PassRequest, from
+ModelState.step) and gets its ForwardOutput back, so one driver can run many phases' passes as one
+batch (a worker's StepEngine) or each at once (run_inline, in-process). In-process the sequence is the request's own; served, it is the worker's mirror and the
 front end appends the streamed tokens to the request's sequence.
 """
 
@@ -17,6 +19,7 @@ import torch
 from rstitch_core.config import Acceptance
 from rstitch_core.entropy import normalized_entropy
 from rstitch_core.events import Source, TokenEvent
+from rstitch_core.models.backend import ForwardOutput, PassRequest
 from rstitch_core.policies.acceptance import Draft, accept_prefix
 from rstitch_core.policies.router import RouterInput, SwitchRouter
 from rstitch_core.sampling import Sampler
@@ -76,7 +79,7 @@ Result = Drafted | Verdict
 
 
 def draft_phase(seq: Sequence, slm: ModelState, sampler: Sampler, op: DraftOp,
-                router: SwitchRouter | None = None) -> Generator[TokenEvent, None, Drafted]:
+                router: SwitchRouter | None = None) -> Generator[TokenEvent | PassRequest, ForwardOutput, Drafted]:
     """SLM steps from the end of `seq`; the first pass partially prefills what the SLM has not seen."""
     tokens: list[int] = []
     entropies: list[float] = []
@@ -84,7 +87,7 @@ def draft_phase(seq: Sequence, slm: ModelState, sampler: Sampler, op: DraftOp,
     for i in range(op.num):
         if not seq.running:
             break
-        out = slm.step(seq.token_ids + tokens, turn_start=i == 0, hidden=router is not None)
+        out = yield from slm.step(seq.token_ids + tokens, turn_start=i == 0, hidden=router is not None)
         logits = out.logits[-1]  # [V]
         entropy = float(normalized_entropy(logits))
         if op.trusted:
@@ -107,11 +110,11 @@ def draft_phase(seq: Sequence, slm: ModelState, sampler: Sampler, op: DraftOp,
 
 
 def verify_phase(seq: Sequence, llm: ModelState, sampler: Sampler,
-                 op: VerifyOp) -> Generator[TokenEvent, None, Verdict]:
+                 op: VerifyOp) -> Generator[TokenEvent | PassRequest, ForwardOutput, Verdict]:
     """One LLM pass over its unseen tokens plus every draft: logits at each draft position and one
     past the last. The accepted drafts (the SLM's tokens) and the LLM's own next token are kept."""
     d = op.draft
-    out = llm.step(seq.token_ids + d.tokens, turn_start=True, num_logits=len(d.tokens) + 1)
+    out = yield from llm.step(seq.token_ids + d.tokens, turn_start=True, num_logits=len(d.tokens) + 1)
     accepted, token = accept_prefix(d, out.logits, sampler, op.acceptance, op.relaxed_ratio)
     entropy = float(normalized_entropy(out.logits[accepted]))
     for draft_token, draft_entropy in zip(d.tokens[:accepted], d.entropies):
@@ -123,7 +126,7 @@ def verify_phase(seq: Sequence, llm: ModelState, sampler: Sampler,
     assert not d.tokens or (above == NEVER and op.plain_steps == 0), "the LLM decodes alone only without drafts"
     alone = 0
     while seq.running and (entropy > above or alone < op.plain_steps):
-        logits = llm.step(seq.token_ids, turn_start=False).logits[-1]  # [V]
+        logits = (yield from llm.step(seq.token_ids, turn_start=False)).logits[-1]  # [V]
         entropy = float(normalized_entropy(logits))
         yield seq.append(sampler.sample(logits), "llm", entropy)
         alone += 1
@@ -131,7 +134,7 @@ def verify_phase(seq: Sequence, llm: ModelState, sampler: Sampler,
 
 
 def run_phase(op: Op, seq: Sequence, state: ModelState, sampler: Sampler,
-              router: SwitchRouter | None = None) -> Generator[TokenEvent, None, Result]:
+              router: SwitchRouter | None = None) -> Generator[TokenEvent | PassRequest, ForwardOutput, Result]:
     """The phase `op` asks for, on `state` (the model op.model names)."""
     if isinstance(op, DraftOp):
         return (yield from draft_phase(seq, state, sampler, op, router))

@@ -85,6 +85,7 @@ def test_rounds_without_drafts_decode_alone_until_the_next_probe(close_pair):
     """One VerifyOp covers many plain tokens: served, that is one worker call, not one per token
     (after the first round's one token)."""
     from rstitch_core.policies.loop import Handoff, Steps, decode
+    from rstitch_core.models.step_engine import run_inline
     from rstitch_core.policies.phases import VerifyOp, run_phase
     from rstitch_core.sampling import Sampler
     from rstitch_core.sequence import ModelState, Sequence
@@ -100,7 +101,7 @@ def test_rounds_without_drafts_decode_alone_until_the_next_probe(close_pair):
             continue
         assert isinstance(step, VerifyOp), "drafts cannot pay on a compute-bound profile"
         ops.append(step)
-        phase = run_phase(step, seq, states["llm"], Sampler(seq.sampling))
+        phase = run_inline(run_phase(step, seq, states["llm"], Sampler(seq.sampling)), e.llm)
         while steps.result is None:
             try:
                 next(phase)

@@ -30,7 +30,7 @@ def frontend(gguf_pair, llamacpp_engine):
 
 def llama_states(frontend: LocalFrontend) -> dict:
     async def read():
-        return {m: (len(h.worker.store.sessions), h.worker.runner.pool.slots_in_use, h.worker.runner.stats.max_rows)
+        return {m: (len(h.worker.store.sessions), h.worker.engine.slots_in_use, h.worker.engine.stats.max_rows)
                 for m, h in frontend.frontend.handles.items()}
     return frontend.call(read())
 
@@ -47,7 +47,7 @@ def wait_until_released(frontend: LocalFrontend) -> dict:
 
 def test_workers_run_the_llamacpp_backend(frontend):
     for handle in frontend.frontend.handles.values():
-        assert handle.worker.runner.base.backend == "llamacpp" and handle.worker.batching_off_reason is None
+        assert handle.worker.model.backend == "llamacpp" and handle.worker.batching_off_reason is None
 
 
 def test_served_concurrently_equals_in_process(frontend, llamacpp_engine):
