@@ -137,7 +137,7 @@ def serving_profile(choice: str, slm: str, llm: str, dtype: str) -> str | None:
         return str(Path(choice).resolve())
     from transformers import AutoConfig
 
-    from rstitch_core.profile import default_path, gguf_key, profile_key
+    from rstitch_core.drafting.profile import default_path, gguf_key, profile_key
 
     key = (gguf_key(slm, llm) if dtype == "gguf"
            else profile_key(AutoConfig.from_pretrained(slm), AutoConfig.from_pretrained(llm), dtype, "cpu"))

@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rstitch_core.models.loading import parse_device, resolve_dtype
-    from rstitch_core.profile import choose_dtype
+    from rstitch_core.drafting.profile import choose_dtype
 
     from rstitch_cli.common import check_llamacpp_args, pick_backend
 
@@ -93,8 +93,8 @@ def out_path(out: str | None, dtype: str, num_dtypes: int) -> Path | None:
 def obtain(args: argparse.Namespace, pair: tuple[str, str, bool], dtype: str, out: Path | None,
            backend: str = "torch"):
     """The cached profile for this key, or a freshly measured one (saved to `out` or the cache)."""
-    from rstitch_core.profile import cached_profile, default_path, gguf_key, profile_key
-    from rstitch_core.profiling import profile_pair, stderr_log
+    from rstitch_core.drafting.profile import cached_profile, default_path, gguf_key, profile_key
+    from rstitch_core.drafting.profiling import profile_pair, stderr_log
 
     key = gguf_key(pair[0], pair[1]) if backend == "llamacpp" else profile_key(*configs(pair), dtype, args.device)
     cached = None if args.force else cached_profile(key)
@@ -138,7 +138,7 @@ def load_pair(pair: tuple[str, str, bool], dtype: str, device: str, backend: str
 
 def describe(profile, context: int) -> str:
     """The fitted costs a user can check, and the draft limits they lead to."""
-    from rstitch_core.draft_control import choose_draft_limit
+    from rstitch_core.drafting.control import choose_draft_limit
 
     key, lines = profile.key, []
     lines.append(f"# {key.slm} + {key.llm}, {key.dtype} on {key.device} ({key.hardware}"

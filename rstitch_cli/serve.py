@@ -80,7 +80,7 @@ def app_settings(args: argparse.Namespace) -> tuple[dict, int]:
             raise ValueError(f"--router: router file {str(router)!r} does not exist")
         app_args["router"] = str(router)  # Ray's workers may run in another directory
     if app_args.get("cost_profile") not in (None, "auto", "off"):
-        from rstitch_core.profile import CostProfile
+        from rstitch_core.drafting.profile import CostProfile
 
         CostProfile.load(app_args["cost_profile"])  # fail now, with the file named, not in a replica
         app_args["cost_profile"] = str(Path(app_args["cost_profile"]).resolve())
@@ -119,7 +119,7 @@ def resolve_cost_profile(app_args: dict) -> None:
     from rstitch_cli.profile import obtain
     from rstitch_core.assets import ensure_default_pair
     from rstitch_core.models.loading import resolve_dtype
-    from rstitch_core.profile import default_path
+    from rstitch_core.drafting.profile import default_path
     from services.app import AppConfig
 
     cfg = AppConfig.from_args(app_args)

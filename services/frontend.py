@@ -17,10 +17,10 @@ from typing import AsyncIterator, Callable
 import grpc
 
 from rstitch.v1 import rstitch_pb2 as pb
-from rstitch_core.draft_windows import DraftWindows
+from rstitch_core.drafting.windows import DraftWindows
 from rstitch_core.events import Event, FinishEvent, SwitchEvent, TokenEvent
 from rstitch_core.models.loading import check_tokenizers, load_tokenizer
-from rstitch_core.policies.cost_aware import CostAwareControl
+from rstitch_core.drafting.cost_aware import CostAwareControl
 from rstitch_core.prompts import check_request, encode_prompt
 from rstitch_core.sequence import Sequence
 from services.metrics import BUSY, CANCELLED, ERROR, INVALID, RequestRecorder, FrontendMetrics
@@ -251,7 +251,7 @@ def _load_cost_profile(path: str | None):
     """The serving cost profile (AppConfig.cost_profile), or None; logged so operators see it."""
     if path is None:
         return None
-    from rstitch_core.profile import CostProfile
+    from rstitch_core.drafting.profile import CostProfile
 
     profile = CostProfile.load(path)
     logger.info("cost profile %s (%s, %s): drafts are priced by it", path, profile.key.hardware, profile.key.dtype)

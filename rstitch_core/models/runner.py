@@ -55,7 +55,7 @@ class ModelRunner:
 
     @property
     def model_id(self) -> str:
-        from rstitch_core.profile import model_id  # profile.py prices passes; it never needs a runner
+        from rstitch_core.drafting.profile import model_id  # profile.py prices passes; it never needs a runner
 
         return model_id(self.model.config)
 

@@ -25,7 +25,7 @@ from rstitch_core.events import Direction, Event, Source
 from rstitch_core.models.step_engine import run_inline
 from rstitch_core.policies.acceptance import Draft
 from rstitch_core.policies.phases import NEVER, DraftOp, Op, Result, VerifyOp, run_phase
-from rstitch_core.policies.router import SwitchRouter
+from rstitch_core.router.switch import SwitchRouter
 from rstitch_core.sampling import Sampler
 from rstitch_core.sequence import ModelState, Sequence
 
@@ -55,7 +55,7 @@ Step = Op | Rollback | Handoff
 
 
 class DraftControl(Protocol):
-    """Chooses each provisional draft's length (a cost-aware limit: rstitch_core.draft_control)."""
+    """Chooses each provisional draft's length (a cost-aware limit: rstitch_core.drafting.control)."""
 
     def limit(self, lead: Source, max_limit: int, context_tokens: int) -> int:
         """Tokens to draft, in [0, max_limit]; 0 makes the round a plain LLM step."""

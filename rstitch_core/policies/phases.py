@@ -21,7 +21,7 @@ from rstitch_core.entropy import normalized_entropy
 from rstitch_core.events import Source, TokenEvent
 from rstitch_core.models.backend import ForwardOutput, PassRequest
 from rstitch_core.policies.acceptance import Draft, accept_prefix
-from rstitch_core.policies.router import RouterInput, SwitchRouter
+from rstitch_core.router.switch import RouterInput, SwitchRouter
 from rstitch_core.sampling import Sampler
 from rstitch_core.sequence import ModelState, Sequence
 

@@ -19,7 +19,7 @@ from typing import Iterable
 
 import torch
 
-from rstitch_core.costmodel import PassCost
+from rstitch_core.drafting.cost import PassCost
 from rstitch_core.models.prefill import PrefillSpec
 
 FORMAT = "rstitch-cost-profile/1"
@@ -67,7 +67,8 @@ class CostProfile:
         return self.slm if name == "slm" else self.llm
 
     def trajectory_seconds(self, passes: Iterable[tuple[str, int, int]]) -> float:
-        """Projected latency of single-sequence passes given as (model, n, kv) (CostModel's form)."""
+        """Projected latency of single-sequence passes given as (model, n new tokens, kv cached): the
+        latency R-Stitch+ training rewards."""
         return sum(self.model(m).seconds(n, kv) for m, n, kv in passes)
 
     def to_dict(self) -> dict:
