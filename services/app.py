@@ -14,6 +14,7 @@ from ray.serve.config import RequestRouterConfig
 from rstitch_core.models.loading import BACKEND_CHOICES
 from rstitch_core.models.prefill import PrefillSpec
 from services.frontend import Frontend
+from services.openai_api import build_http_app
 from services.worker import LLMWorker, SLMWorker, WorkerConfig
 
 logger = logging.getLogger(__name__)
@@ -121,6 +122,14 @@ class AppConfig:
         return options
 
 
+class ServedFrontend(Frontend):
+    """The Frontend as Serve's ingress: gRPC through its methods, HTTP through the OpenAI app."""
+
+    def __serve_build_asgi_app__(self):
+        """The HTTP front end, built by Serve once the replica is constructed (see build_app)."""
+        return build_http_app(self)
+
+
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     """Frontend (gRPC and HTTP ingress) bound to an SLMWorker and an LLMWorker deployment."""
     cfg = AppConfig.from_args(args)
@@ -136,9 +145,9 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     frontend_options = {"num_cpus": cfg.frontend_num_cpus}
     if cfg.frontend_resources:
         frontend_options["resources"] = dict(cfg.frontend_resources)
-    # serve.ingress() without an app: Serve asks the constructed Frontend for its FastAPI app
-    # (Frontend.__serve_build_asgi_app__), so HTTP routes and gRPC Generate share one replica and path.
-    frontend = serve.deployment(serve.ingress()(Frontend), name="Frontend",
+    # serve.ingress() without an app: Serve asks the constructed replica for its FastAPI app
+    # (ServedFrontend.__serve_build_asgi_app__), so HTTP routes and gRPC Generate share one replica and path.
+    frontend = serve.deployment(serve.ingress()(ServedFrontend), name="Frontend",
                               max_ongoing_requests=2 * cfg.max_concurrent_requests, ray_actor_options=frontend_options)
     return frontend.bind(slm.bind(cfg.worker("slm")), llm.bind(cfg.worker("llm")), cfg.slm, cfg.llm,
                        cfg.default_threshold, cfg.max_concurrent_requests, cfg.shadow_prefill_tokens,

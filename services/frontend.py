@@ -52,8 +52,8 @@ class Prepared:
 
 
 class Frontend:
-    """Serve ingress for `rstitch.v1.RStitch` (the method name matches the RPC name) and, through
-    `__serve_build_asgi_app__`, for the OpenAI HTTP API."""
+    """Serve ingress for `rstitch.v1.RStitch` (the method name matches the RPC name); served, the
+    OpenAI HTTP API is built over it too (services.app.ServedFrontend)."""
 
     def __init__(self, slm, llm, slm_source: str | None, llm_source: str | None, default_threshold: float = 0.02,
                  max_concurrent_requests: int = 64, shadow_prefill_tokens: int = 0, cost_profile: str | None = None):
@@ -73,12 +73,6 @@ class Frontend:
         self.metrics = FrontendMetrics()
         self._pair: dict | None = None
         self._pair_lock = asyncio.Lock()
-
-    def __serve_build_asgi_app__(self):
-        """The HTTP front end, built by Serve once the replica is constructed (see app.build_app)."""
-        from services.openai_api import build_http_app
-
-        return build_http_app(self)
 
     async def pair_info(self) -> dict:
         """Stop ids, context window and vocabulary shared by both workers (asked once)."""

@@ -114,6 +114,14 @@ class ModelBackend(Protocol):
         that context: contents do not matter, only the shape (the profiler's)."""
 
 
+def model_id(config) -> str:
+    """The shapes that set a model's pass time, from its config: 'qwen2-l28-h1536-i8960-a12-kv2-v151936'."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return (f"{config.model_type}-l{config.num_hidden_layers}-h{config.hidden_size}-i{config.intermediate_size}"
+            f"-a{config.num_attention_heads}-kv{kv_heads}-v{config.vocab_size}")
+
+
 def check_pass(name: str, cache: Cache, token_ids: Sequence[int], num_logits: int) -> None:
     """The arguments every backend's forward() refuses alike (ValueError)."""
     if not token_ids:

@@ -49,7 +49,7 @@ def test_auto_prefill_follows_profiles_where_bf16_decodes_faster_but_prefills_sl
     # The AVX2 case: bf16 decodes (and verifies 8 drafts) faster, float32 runs long passes faster.
     from rstitch_core.models.prefill import PrefillSpec
     from rstitch_core.drafting.profile import profile_key
-    from rstitch_cli.profile import configs
+    from rstitch_cli.common import pair_configs as configs
 
     monkeypatch.setenv("RSTITCH_CACHE", str(tmp_path / "cache"))
     slm, llm = str(pair_dirs[0]), str(pair_dirs[1])

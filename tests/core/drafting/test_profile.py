@@ -147,7 +147,7 @@ def test_choose_dtype_follows_the_decode_and_verify_costs():
 
 
 def test_cached_or_measured_measures_once_then_reuses(engine, tmp_path, monkeypatch):
-    from rstitch_core import profiling
+    from rstitch_core.drafting import profiling
 
     monkeypatch.setattr(profiling, "CPU_GRID", SMALL_GRID)
     lines = []
