@@ -21,6 +21,7 @@ import torch
 
 from rstitch_core.config import Policy
 from rstitch_core.events import ModelStats, Source
+from rstitch_core.logits_processors import prompt_logprobs
 from rstitch_core.models.llamacpp import MAX_SEQUENCES as LLAMACPP_MAX_SEQUENCES
 from rstitch_core.models.loading import BACKEND_CHOICES, load_model, resolve_backend
 from rstitch_core.models.prefill import PrefillSpec
@@ -155,7 +156,8 @@ class ModelWorker:
                 if done:
                     yield {**self._end(session, rebuilt), "result": value}
                     return
-                yield {"token": value.token_id, "source": value.source, "entropy": value.entropy}
+                yield {"token": value.token_id, "source": value.source, "entropy": value.entropy,
+                       "logprob": value.logprob, "top_logprobs": value.top_logprobs}
         except asyncio.CancelledError:
             self._cancelled(call)
             raise
@@ -182,6 +184,13 @@ class ModelWorker:
             hand(_RELEASED)
         except BaseException as err:  # noqa: BLE001 - raised again by the call that streams
             hand((True, err))
+
+    async def prompt_logprobs(self, token_ids: list[int], top: int) -> list:
+        """Each prompt token's log-probability under this model given those before it, with `top`
+        alternatives (None for the first): one pass over the prompt on a cache of its own, outside
+        any session (an echoed completion's prompt)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, prompt_logprobs, self.runner, token_ids, top)
 
     async def prefill(self, call: TurnCall) -> dict:
         """Shadow prefill: feed what the cache lacks of the sequence, all but its last token, while
