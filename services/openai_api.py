@@ -89,7 +89,8 @@ class OpenAIFrontEnd:
         body = await request.body()
         frontend = self.frontend
         input_param = "messages" if endpoint == "chat" else "prompt"
-        streams: list = []
+        opened: list[AsyncIterator[Event]] = []
+        streams: list[tuple[AsyncIterator[Event], Event]] = []  # each choice's events and its first one
         try:
             parsed = await frontend.prepare(lambda pair: parse_openai(
                 body, endpoint, frontend.model_id, pair["max_context"], frontend.default_threshold, pair["router_tau"],
@@ -100,10 +101,11 @@ class OpenAIFrontEnd:
             envelope = self._envelope(req)
             writers = [await self._writer(p, envelope) for p in prepared]
             for p in prepared:
-                streams.append(frontend.stream(p))
-                streams[-1] = (streams[-1], await anext(streams[-1]))
+                events = frontend.stream(p)
+                opened.append(events)
+                streams.append((events, await anext(events)))
         except Exception as err:  # noqa: BLE001 - every failure becomes an OpenAI error object
-            for events, _ in streams:
+            for events in opened:  # the choices already admitted give their sessions back
                 await events.aclose()
             return error_response(err, input_param)
         prompt_tokens = sum(len(p.prompt_ids) for p in prepared[::req.n])  # each prompt once, as vLLM counts
