@@ -45,6 +45,8 @@ def add_parser(sub) -> None:
                    "each draft length: auto (the default) = the profile `rstitch profile` saved for this pair, "
                    "dtype and machine, measured now if there is none (about a minute on a 2-core CPU, once); "
                    "off = fixed draft limits; or a profile file")
+    p.add_argument("--served-model-name", metavar="ID", help="the model id of the OpenAI API (default: SLM-LLM "
+                   "from the pair's names, a valid Hugging Face repo name)")
     p.add_argument("--port", type=int, help="gRPC port (default: 9000)")
     p.add_argument("--http-port", type=int, help="HTTP port of the OpenAI-compatible API (default: 8000)")
     p.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs for the local Ray cluster")
@@ -69,7 +71,7 @@ def app_settings(args: argparse.Namespace) -> tuple[dict, int]:
     for flag, key in (("slm", "slm"), ("llm", "llm"), ("llm_replicas", "llm_replicas"), ("dtype", "dtype"),
                       ("backend", "backend"),
                       ("prefill", "prefill"), ("router", "router"), ("shadow_prefill_tokens", "shadow_prefill_tokens"),
-                      ("cost_profile", "cost_profile")):
+                      ("cost_profile", "cost_profile"), ("served_model_name", "served_model_name")):
         if getattr(args, flag) is not None:
             app_args[key] = getattr(args, flag)
     if (app_args.get("slm") is None) != (app_args.get("llm") is None):

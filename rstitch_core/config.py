@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 MAX_DRAFT_TOKENS = 64
+MAX_LOGPROBS = 20  # alternatives per token a response may carry (OpenAI's and vLLM's limit)
 
 
 class Policy(str, Enum):
@@ -49,6 +50,10 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How tokens are picked and when generation stops.
@@ -56,6 +61,13 @@ class SamplingParams:
     temperature 0 means greedy. top_k 0 and top_p 1.0 disable those filters. A seed makes sampled
     runs reproducible; without one each run draws a fresh seed. Stop strings end generation and are
     not part of the emitted text.
+
+    The logits controls (rstitch_core/logits_processors.py) change every distribution a token is
+    sampled or verified from, as vLLM defines them: presence/frequency penalties on the generated
+    tokens, a repetition penalty on prompt and generated tokens, logit_bias ((token id, bias)
+    pairs), min_p, EOS suppressed before min_tokens, and ignore_eos (EOS no longer ends
+    generation). logprobs: return each generated token's log-probability and its `logprobs` most
+    likely alternatives (None: none).
     """
 
     max_new_tokens: int = 256
@@ -64,6 +76,14 @@ class SamplingParams:
     top_k: int = 0
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = field(default_factory=tuple)
+    min_p: float = 0.0
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         _require(_is_int(self.max_new_tokens) and self.max_new_tokens >= 1,
@@ -82,10 +102,35 @@ class SamplingParams:
         for s in stop:
             _require(isinstance(s, str) and s != "", f"stop strings must be non-empty strings, got {s!r}")
         object.__setattr__(self, "stop", stop)
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            _require(_is_number(value) and -2 <= value <= 2, f"{name} must be a number in [-2, 2], got {value!r}")
+        _require(_is_number(self.repetition_penalty) and 0 < self.repetition_penalty <= 2,
+                 f"repetition_penalty must be a number in (0, 2] (1 = off), got {self.repetition_penalty!r}")
+        _require(_is_number(self.min_p) and 0 <= self.min_p <= 1, f"min_p must be a number in [0, 1], got {self.min_p!r}")
+        _require(_is_int(self.min_tokens) and 0 <= self.min_tokens <= self.max_new_tokens,
+                 f"min_tokens must be an integer in [0, max_new_tokens = {self.max_new_tokens}], got {self.min_tokens!r}")
+        _require(isinstance(self.ignore_eos, bool), f"ignore_eos must be true or false, got {self.ignore_eos!r}")
+        _require(self.logprobs is None or (_is_int(self.logprobs) and 0 <= self.logprobs <= MAX_LOGPROBS),
+                 f"logprobs must be an integer in [0, {MAX_LOGPROBS}], got {self.logprobs!r}")
+        bias = self.logit_bias.items() if isinstance(self.logit_bias, dict) else self.logit_bias
+        pairs = []
+        for pair in bias:
+            _require(isinstance(pair, (tuple, list)) and len(pair) == 2 and _is_int(pair[0]) and pair[0] >= 0
+                     and _is_number(pair[1]) and -100 <= pair[1] <= 100,
+                     f"logit_bias maps token ids >= 0 to numbers in [-100, 100], got {pair!r}")
+            pairs.append((int(pair[0]), float(pair[1])))
+        object.__setattr__(self, "logit_bias", tuple(sorted(pairs)))
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @property
+    def controls_logits(self) -> bool:
+        """Whether any logits control is set (otherwise distributions are the models' own)."""
+        return (self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1
+                or bool(self.logit_bias) or self.min_tokens > 0)
 
 
 class Acceptance(str, Enum):

@@ -7,6 +7,7 @@ from typing import Callable, Iterator, Sequence
 from rstitch_core.config import Policy, RoutingParams, SamplingParams
 from rstitch_core.events import Event, Source
 from rstitch_core.generation import Generation  # re-exported: it used to live here
+from rstitch_core.logits_processors import prompt_logprobs
 from rstitch_core.models.loading import check_pair, load_model
 from rstitch_core.models.prefill import PrefillSpec
 from rstitch_core.models.backend import ModelBackend
@@ -49,6 +50,13 @@ class Engine:
 
     def check_prompt_ids(self, ids: Sequence[int]) -> None:
         check_prompt_ids(ids, self.max_context, self.vocab_size)
+
+    def prompt_logprobs(self, prompt_ids: Sequence[int], top: int = 0) -> list:
+        """The LLM's log-probability of each prompt token given those before it, with its `top`
+        alternatives (None for the first token): what an echoed completion reports."""
+        ids = [int(t) for t in prompt_ids]
+        self.check_prompt_ids(ids)
+        return prompt_logprobs(self.llm, ids, top)
 
     def generate(self, prompt: str | None = None, messages: Sequence[dict] | None = None, *,
                  prompt_ids: Sequence[int] | None = None,

@@ -102,7 +102,17 @@ class Sequence:
         """How many more tokens may still be generated (budget and context window)."""
         return min(self.sampling.max_new_tokens - self.num_generated, self.max_context - len(self.token_ids))
 
-    def append(self, token_id: int, source: Source, entropy: float) -> TokenEvent:
+    def adjust(self, sampler, logits, drafts: Seq[int] = ()):
+        """logits: [N, V] raw at the last N positions of token_ids + drafts -> [N, V] with the
+        request's logits controls (Sampler.adjust)."""
+        return sampler.adjust(logits, self.token_ids + list(drafts), len(self.prompt_ids), self.eos_token_ids)
+
+    def ends(self, token_id: int) -> bool:
+        """Whether `token_id` ends the sequence (an EOS id, unless the request ignores EOS)."""
+        return token_id in self.eos_token_ids and not self.sampling.ignore_eos
+
+    def append(self, token_id: int, source: Source, entropy: float, logprob: float | None = None,
+               top_logprobs: tuple | None = None) -> TokenEvent:
         """Emit one token and apply the stop rules (EOS, stop string, budget, context)."""
         index = self.num_generated
         self.token_ids.append(token_id)
@@ -110,7 +120,7 @@ class Sequence:
         if index == 0:
             self.stats.time_to_first_token = time.perf_counter() - self.started
         text, stopped = self.output.push(token_id)
-        reason = (FinishReason.EOS if token_id in self.eos_token_ids
+        reason = (FinishReason.EOS if self.ends(token_id)
                   else FinishReason.STOP if stopped
                   else FinishReason.LENGTH if self.num_generated >= self.sampling.max_new_tokens
                   else FinishReason.CONTEXT if len(self.token_ids) >= self.max_context
@@ -119,7 +129,7 @@ class Sequence:
             self.status, self.finish_reason = SequenceStatus.FINISHED, reason
             if reason is not FinishReason.STOP:
                 text += self.output.finish()
-        return TokenEvent(index, token_id, text, source, entropy)
+        return TokenEvent(index, token_id, text, source, entropy, logprob, top_logprobs)
 
     def switch(self, direction: Direction, num_cached: int, discarded: int = 0) -> SwitchEvent:
         """Record a hand-over of the lead; the target, whose cache holds `num_cached` positions, will

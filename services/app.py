@@ -72,6 +72,8 @@ class AppConfig:
     # A saved `rstitch profile` file: speculative/verified requests that leave draft_tokens unset
     # choose each draft's length from it, priced at the LLM worker's current batch (None: off).
     cost_profile: str | None = None
+    # The model id clients name in `model` (None: "SLM-LLM" from the pair's names, a valid Hugging Face repo name).
+    served_model_name: str | None = None
 
     def __post_init__(self) -> None:
         tau = self.default_threshold
@@ -89,6 +91,11 @@ class AppConfig:
             PrefillSpec.parse(self.prefill)  # raises ValueError quoting a bad value
         if self.backend not in BACKEND_CHOICES:
             raise ValueError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, got {self.backend!r}")
+        name = self.served_model_name
+        if name is not None and not (isinstance(name, str) and 0 < len(name) <= 256 and name.isprintable()
+                                     and name.strip() == name):
+            raise ValueError(f"served_model_name must be a printable string of 1 to 256 characters without "
+                             f"surrounding spaces, got {name!r:.80}")
         value = self.shadow_prefill_tokens
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"shadow_prefill_tokens must be an integer >= 0 (0: off), got {value!r}")
@@ -151,4 +158,4 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
                               max_ongoing_requests=2 * cfg.max_concurrent_requests, ray_actor_options=frontend_options)
     return frontend.bind(slm.bind(cfg.worker("slm")), llm.bind(cfg.worker("llm")), cfg.slm, cfg.llm,
                        cfg.default_threshold, cfg.max_concurrent_requests, cfg.shadow_prefill_tokens,
-                       cfg.cost_profile)
+                       cfg.cost_profile, cfg.served_model_name)

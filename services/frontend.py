@@ -21,7 +21,7 @@ from rstitch_core.drafting.windows import DraftWindows
 from rstitch_core.events import Event, FinishEvent, SwitchEvent, TokenEvent
 from rstitch_core.models.loading import check_tokenizers, load_tokenizer
 from rstitch_core.drafting.cost_aware import CostAwareControl
-from rstitch_core.prompts import check_request, encode_prompt
+from rstitch_core.prompts import check_request
 from rstitch_core.sequence import Sequence
 from services.metrics import BUSY, CANCELLED, ERROR, INVALID, RequestRecorder, FrontendMetrics
 from services.protocol import finish_response, switch_response, tokens_response
@@ -56,7 +56,8 @@ class Frontend:
     OpenAI HTTP API is built over it too (services.app.ServedFrontend)."""
 
     def __init__(self, slm, llm, slm_source: str | None, llm_source: str | None, default_threshold: float = 0.02,
-                 max_concurrent_requests: int = 64, shadow_prefill_tokens: int = 0, cost_profile: str | None = None):
+                 max_concurrent_requests: int = 64, shadow_prefill_tokens: int = 0, cost_profile: str | None = None,
+                 served_model_name: str | None = None):
         self.handles = {"slm": slm, "llm": llm}
         self.releases = Releases(self.handles)
         self.default_threshold = default_threshold  # tau when a request leaves routing.threshold unset
@@ -69,7 +70,9 @@ class Frontend:
         slm_tokenizer = load_tokenizer(sources["slm"], "slm")
         self.tokenizer = load_tokenizer(sources["llm"], "llm")
         check_tokenizers(slm_tokenizer, self.tokenizer)  # a mismatched pair never serves a token
-        self.model_id = "+".join(_model_name(sources[m]) for m in ("slm", "llm"))  # the pair, as one model
+        # The pair, as one model; by default an id that is also a valid Hugging Face repo name, which
+        # harnesses may try to load a tokenizer by (a "+" in it made them fail before they fell back).
+        self.model_id = served_model_name or default_model_name(_model_name(sources["slm"]), _model_name(sources["llm"]))
         self.metrics = FrontendMetrics()
         self._pair: dict | None = None
         self._pair_lock = asyncio.Lock()
@@ -100,7 +103,7 @@ class Frontend:
             raise
         try:
             parsed = parse(pair)
-            ids = encode_prompt(self.tokenizer, parsed.prompt, parsed.messages)
+            ids = parsed.encode(self.tokenizer)
             check_request(ids, parsed.sampling.max_new_tokens, pair["max_context"], pair["vocab_size"])
         except ValueError:
             self.metrics.request("unknown").close(INVALID, time.perf_counter() - started)
@@ -151,6 +154,16 @@ class Frontend:
         finally:
             self.active_requests -= 1
             session.release()
+
+    async def prompt_logprobs(self, prepared: Prepared, top: int) -> list:
+        """The LLM's log-probability of each prompt token (None for the first) with `top`
+        alternatives: an echoed completion's prompt. Raises WorkerUnavailable, or what the worker raised."""
+        try:
+            return await self.handles["llm"].prompt_logprobs.remote(prepared.prompt_ids, top)
+        except Exception as err:
+            if (unavailable := as_unavailable(err)) is not None:
+                raise unavailable from err
+            raise
 
     async def Generate(self, request: pb.GenerateRequest, grpc_context=None) -> AsyncIterator[pb.GenerateResponse]:
         """The gRPC front end: stream one generation; INVALID_ARGUMENT (naming the field) for a bad request."""
@@ -208,6 +221,14 @@ def as_unavailable(err: Exception) -> WorkerUnavailable | None:
     if isinstance(err, (RayActorError, ActorUnavailableError, BackPressureError, DeploymentUnavailableError)):
         return WorkerUnavailable(f"a worker is unavailable ({type(err).__name__}); retry later")
     return None
+
+
+def default_model_name(slm: str, llm: str) -> str:
+    """"SLM-LLM" in the characters a Hugging Face repo name allows (no "--" or "..", no "-" or "."
+    at either end, at most 96 characters)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{slm}-{llm}")
+    name = re.sub(r"[-.]{2,}", lambda m: m.group(0)[0], name)[:96].strip("-.")
+    return name or "rstitch"
 
 
 def _model_name(source: str) -> str:

@@ -11,7 +11,7 @@ from typing import Callable, TypeVar
 
 from rstitch.v1 import rstitch_pb2 as pb
 from rstitch_core.config import Policy, RoutingParams, SamplingParams
-from rstitch_core.prompts import validate_messages
+from rstitch_core.prompts import encode_prompt, validate_messages
 from services import limits
 from services.protocol import ACCEPTANCES, POLICIES
 
@@ -27,6 +27,10 @@ class ParsedRequest:
     sampling: SamplingParams
     routing: RoutingParams
     request_id: str
+
+    def encode(self, tokenizer) -> list[int]:
+        """The prompt's token ids (ValueError for an empty prompt or one the template refuses)."""
+        return encode_prompt(tokenizer, self.prompt, self.messages)
 
 
 class NoRouter(RuntimeError):

@@ -19,6 +19,7 @@ import torch
 
 from rstitch_core.config import Policy
 from rstitch_core.events import ModelStats, Source
+from rstitch_core.logits_processors import prompt_logprobs_phase
 from rstitch_core.models.backend import ForwardOutput, PassRequest
 from rstitch_core.models.llamacpp import MAX_SEQUENCES as LLAMACPP_MAX_SEQUENCES
 from rstitch_core.models.loading import BACKEND_CHOICES, load_model, resolve_backend
@@ -145,7 +146,8 @@ class ModelWorker:
             while True:
                 done, value = await events.get()
                 if not done:
-                    yield {"token": value.token_id, "source": value.source, "entropy": value.entropy}
+                    yield {"token": value.token_id, "source": value.source, "entropy": value.entropy,
+                           "logprob": value.logprob, "top_logprobs": value.top_logprobs}
                     continue
                 if value is DROPPED:  # the session was released while its phase ran: no result
                     return
@@ -177,6 +179,26 @@ class ModelWorker:
                                   alive=lambda: not self.store.is_released(session_id))
         session.forward = task.done
         return events, task
+
+    async def prompt_logprobs(self, token_ids: list[int], top: int) -> list:
+        """Each prompt token's log-probability under this model given those before it, with `top`
+        alternatives (None for the first): one pass over the prompt on a cache of its own, outside
+        any session (an echoed completion's prompt), scheduled in the engine's steps like any pass."""
+        loop = asyncio.get_running_loop()
+        ended = loop.create_future()
+
+        def hand(value) -> None:  # on the engine's thread
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(lambda: ended.done() or ended.set_result(value))
+
+        task = self.engine.submit(prompt_logprobs_phase(self.engine, token_ids, top), lambda _: None, hand)
+        try:
+            value = await ended
+        finally:
+            self.engine.cancel(task)  # the client went away: the pass need not run
+        if isinstance(value, BaseException):
+            raise value
+        return value
 
     async def prefill(self, call: TurnCall) -> dict:
         """Shadow prefill: feed what the cache lacks of the sequence, all but its last token, while

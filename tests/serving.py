@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import socket
+import time
 
 # Greedy on the tiny pair (tests/tiny_models.py), no policy ends this prompt within HOLD_TOKENS
 # (the SLM ends "the quick brown fox" after 55): a stream opened with it is still running when a
 # test cancels it or probes the workers, however fast the machine is.
 HOLD_PROMPT = "hold this session"
 HOLD_TOKENS = 480
+
+
+def openai_client(http: str):
+    """The real `openai` client on an HTTP API's URL, without retries: a 429 or 503 reaches the test
+    as it was answered."""
+    import openai
+
+    return openai.OpenAI(base_url=f"{http}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 def free_port() -> int:
@@ -75,6 +84,25 @@ class LocalFrontend:
 
         self.server, port = self.call(start())
         self.address = f"127.0.0.1:{port}"
+        self.http: str | None = None  # the OpenAI API's URL once serve_http() ran
+        self._http_server = None
+
+    def serve_http(self) -> str:
+        """Also serve the OpenAI HTTP API (services.openai_api) on a free port of this loop; its URL."""
+        import uvicorn
+
+        from services.openai_api import build_http_app
+
+        port = free_port()
+        self._http_server = uvicorn.Server(uvicorn.Config(build_http_app(self.frontend), host="127.0.0.1", port=port,
+                                                          log_level="warning", lifespan="off"))
+        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._http_server.serve()))
+        deadline = time.monotonic() + 60  # a bound for a server that never starts, not an expected duration
+        while not self._http_server.started:
+            assert time.monotonic() < deadline, "the HTTP server did not start"
+            time.sleep(0.01)
+        self.http = f"http://127.0.0.1:{port}"
+        return self.http
 
     def call(self, coroutine, timeout: float = 300):
         """Run a coroutine on the front end's loop and wait for its result."""
@@ -89,6 +117,8 @@ class LocalFrontend:
         return self.call(read())
 
     def close(self) -> None:
+        if self._http_server is not None:
+            self._http_server.should_exit = True
         self.call(self.server.stop(None))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=60)

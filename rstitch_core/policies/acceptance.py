@@ -21,7 +21,8 @@ class Draft:
 
 def accept_prefix(d: Draft, logits: torch.Tensor, sampler: Sampler, rule: Acceptance = Acceptance.EXACT,
                   relaxed_ratio: float = 1.0) -> tuple[int, int]:
-    """logits: [n+1, V] the LLM's raw logits at each draft position and one past the last.
+    """logits: [n+1, V] the LLM's logits at each draft position and one past the last (after the
+    request's logits controls, Sampler.adjust).
 
     Returns (accepted, token): how many leading drafts stand, and the LLM's token after them (the
     replacement of the first rejected draft, or a bonus token when all stand).
@@ -30,7 +31,7 @@ def accept_prefix(d: Draft, logits: torch.Tensor, sampler: Sampler, rule: Accept
     exact, sampled: accept x with probability min(1, p(x)/q(x)); at the first rejection draw from
     norm(max(p - q, 0)), which makes every emitted token exactly p-distributed (p: the LLM's sampling
     distribution, q: the SLM's).
-    relaxed: a draft also stands when the LLM's raw probability of it is at least relaxed_ratio
+    relaxed: a draft also stands when the LLM's probability of it is at least relaxed_ratio
     times that of the LLM's top token (BiLD-style fallback acceptance: near-ties and the LLM's
     second opinions pass). 1 is the exact greedy rule; 0 keeps every draft.
 

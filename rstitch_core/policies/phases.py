@@ -88,15 +88,15 @@ def draft_phase(seq: Sequence, slm: ModelState, sampler: Sampler, op: DraftOp,
         if not seq.running:
             break
         out = yield from slm.step(seq.token_ids + tokens, turn_start=i == 0, hidden=router is not None)
-        logits = out.logits[-1]  # [V]
-        entropy = float(normalized_entropy(logits))
+        entropy = float(normalized_entropy(out.logits[-1]))  # the routing signal: the raw distribution's
+        logits = seq.adjust(sampler, out.logits[-1:], tokens)[0]  # [V]
         if op.trusted:
             token = sampler.sample(logits)
             if entropy > op.stop_above and (router is None or router(RouterInput(
                     out.hidden, len(seq.token_ids), seq.num_generated, entropy,
                     seq.num_generated - seq.last_switch))):
                 return Drafted(Draft(), handoff=True)  # never fed to the SLM: no rollback needed
-            yield seq.append(token, "slm", entropy)
+            yield seq.append(token, "slm", entropy, *sampler.logprob(logits, token))
             continue
         if sampler.greedy:
             tokens.append(int(logits.argmax().item()))
@@ -104,7 +104,7 @@ def draft_phase(seq: Sequence, slm: ModelState, sampler: Sampler, op: DraftOp,
             probs.append(sampler.probs(logits[None])[0])
             tokens.append(sampler.draw(probs[-1]))
         entropies.append(entropy)
-        if tokens[-1] in seq.eos_token_ids or entropy > op.stop_above:
+        if seq.ends(tokens[-1]) or entropy > op.stop_above:
             break  # nothing after EOS can be kept; after an uncertain token drafts rarely survive
     return Drafted(Draft(tokens, entropies, torch.stack(probs) if probs else None), handoff=False)
 
@@ -115,20 +115,24 @@ def verify_phase(seq: Sequence, llm: ModelState, sampler: Sampler,
     past the last. The accepted drafts (the SLM's tokens) and the LLM's own next token are kept."""
     d = op.draft
     out = yield from llm.step(seq.token_ids + d.tokens, turn_start=True, num_logits=len(d.tokens) + 1)
-    accepted, token = accept_prefix(d, out.logits, sampler, op.acceptance, op.relaxed_ratio)
+    logits = seq.adjust(sampler, out.logits, d.tokens)  # [n+1, V]
+    accepted, token = accept_prefix(d, logits, sampler, op.acceptance, op.relaxed_ratio)
     entropy = float(normalized_entropy(out.logits[accepted]))
-    for draft_token, draft_entropy in zip(d.tokens[:accepted], d.entropies):
+    # Kept drafts carry the LLM's logprob: its distribution is the one they were accepted from.
+    for i, (draft_token, draft_entropy) in enumerate(zip(d.tokens[:accepted], d.entropies)):
         if seq.running:
-            yield seq.append(draft_token, "slm", draft_entropy)
+            yield seq.append(draft_token, "slm", draft_entropy, *sampler.logprob(logits[i], draft_token))
     if seq.running:
-        yield seq.append(token, "llm", entropy)
+        yield seq.append(token, "llm", entropy, *sampler.logprob(logits[accepted], token))
     above = NEVER if op.decode_while_above is None else op.decode_while_above
     assert not d.tokens or (above == NEVER and op.plain_steps == 0), "the LLM decodes alone only without drafts"
     alone = 0
     while seq.running and (entropy > above or alone < op.plain_steps):
-        logits = (yield from llm.step(seq.token_ids, turn_start=False)).logits[-1]  # [V]
-        entropy = float(normalized_entropy(logits))
-        yield seq.append(sampler.sample(logits), "llm", entropy)
+        raw = (yield from llm.step(seq.token_ids, turn_start=False)).logits  # [1, V]
+        entropy = float(normalized_entropy(raw[-1]))
+        logits = seq.adjust(sampler, raw)[0]  # [V]
+        token = sampler.sample(logits)
+        yield seq.append(token, "llm", entropy, *sampler.logprob(logits, token))
         alone += 1
     return Verdict(accepted, entropy, alone)
 

@@ -15,7 +15,7 @@ CONFIG = ROOT / "deploy" / "serve_config.yaml"
 def ns(**kw):
     base = dict(slm=None, llm=None, config=None, llm_replicas=None, dtype=None, backend=None, prefill=None, port=None,
                 metrics_port=8080,
-                router=None, shadow_prefill_tokens=None, cost_profile=None)
+                router=None, shadow_prefill_tokens=None, cost_profile=None, served_model_name=None)
     return argparse.Namespace(**{**base, **kw})
 
 
