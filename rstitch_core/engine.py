@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterator, Sequence
 
-from rstitch_core.config import Policy, RoutingParams, SamplingParams
+from rstitch_core.config import RoutingParams, SamplingParams, check_router
 from rstitch_core.events import Event, Source
 from rstitch_core.generation import Generation  # re-exported: it used to live here
 from rstitch_core.logits_processors import prompt_logprobs
@@ -76,7 +76,7 @@ class Engine:
         else:
             ids = encode_prompt(self.tokenizer, prompt, messages)
         check_request(ids, sampling.max_new_tokens, self.max_context, self.vocab_size)  # as served
-        check_router(routing, router)
+        check_router(routing.policy, router is not None)
         return self._run(ids, sampling, routing, router)
 
     def rollout(self, prompt_ids: Sequence[int], sampling: SamplingParams, routing: RoutingParams,
@@ -85,7 +85,7 @@ class Engine:
         (new tokens, cached tokens) so a cost model can price the trajectory (router training)."""
         ids = [int(t) for t in prompt_ids]
         self.check_prompt_ids(ids)
-        check_router(routing, router)
+        check_router(routing.policy, router is not None)
         passes: dict[Source, list[tuple[int, int]]] = {}
         return Generation.collect(self._run(ids, sampling, routing, router, passes)), passes
 
@@ -103,11 +103,3 @@ class Engine:
         finally:
             slm.release()
             llm.release()
-
-
-def check_router(routing: RoutingParams, router: SwitchRouter | None) -> None:
-    """A router goes with the rstitch+ policy and only with it (ValueError otherwise)."""
-    if routing.policy is Policy.RSTITCH_PLUS and router is None:
-        raise ValueError("the rstitch+ policy needs a router (--router PATH, made by rstitch router train)")
-    if router is not None and routing.policy is not Policy.RSTITCH_PLUS:
-        raise ValueError(f"a router only applies to the rstitch+ policy, not {routing.policy.value!r}")

@@ -11,8 +11,7 @@ from typing import Any
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
-from rstitch_core.models.loading import BACKEND_CHOICES
-from rstitch_core.models.prefill import PrefillSpec
+from rstitch_core.config import DEFAULT_THRESHOLD
 from services.frontend import Frontend
 from services.openai_api import build_http_app
 from services.worker import LLMWorker, SLMWorker, WorkerConfig
@@ -62,7 +61,7 @@ class AppConfig:
     max_concurrent_requests: int = 64  # per front-end replica; beyond it RESOURCE_EXHAUSTED
     max_cached_tokens: int = 262_144
     threads: int | None = None  # CPU threads of each worker's passes (None: every core it may use)
-    default_threshold: float = 0.02  # tau for requests that leave routing.threshold unset
+    default_threshold: float = DEFAULT_THRESHOLD  # tau for requests that leave routing.threshold unset
     router: str | None = None  # R-Stitch+ router file for POLICY_RSTITCH_PLUS; loaded by the SLM worker
     batching: bool = True  # each worker runs its sessions' passes as one batched pass per step
     max_batch_tokens: int = 8192  # tokens one worker step feeds (a longer single pass runs alone)
@@ -83,14 +82,12 @@ class AppConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        for name in ("slm_replicas", "llm_replicas", "max_sessions", "max_concurrent_requests", "max_cached_tokens"):
+        for name in ("slm_replicas", "llm_replicas", "max_concurrent_requests"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.prefill != "auto":
-            PrefillSpec.parse(self.prefill)  # raises ValueError quoting a bad value
-        if self.backend not in BACKEND_CHOICES:
-            raise ValueError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, got {self.backend!r}")
+        for role in ("slm", "llm"):  # the workers' own fields (sessions, cache, backend, dtype, ...): their checks
+            self.worker(role)
         name = self.served_model_name
         if name is not None and not (isinstance(name, str) and 0 < len(name) <= 256 and name.isprintable()
                                      and name.strip() == name):

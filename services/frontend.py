@@ -17,6 +17,7 @@ from typing import AsyncIterator, Callable
 import grpc
 
 from rstitch.v1 import rstitch_pb2 as pb
+from rstitch_core.config import DEFAULT_THRESHOLD
 from rstitch_core.drafting.windows import DraftWindows
 from rstitch_core.events import Event, FinishEvent, SwitchEvent, TokenEvent
 from rstitch_core.models.loading import check_tokenizers, load_tokenizer
@@ -55,7 +56,7 @@ class Frontend:
     """Serve ingress for `rstitch.v1.RStitch` (the method name matches the RPC name); served, the
     OpenAI HTTP API is built over it too (services.app.ServedFrontend)."""
 
-    def __init__(self, slm, llm, slm_source: str | None, llm_source: str | None, default_threshold: float = 0.02,
+    def __init__(self, slm, llm, slm_source: str | None, llm_source: str | None, default_threshold: float = DEFAULT_THRESHOLD,
                  max_concurrent_requests: int = 64, shadow_prefill_tokens: int = 0, cost_profile: str | None = None,
                  served_model_name: str | None = None):
         self.handles = {"slm": slm, "llm": llm}

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, fields, replace
-from enum import Enum
 from typing import Any, Literal
 
-from rstitch_core.config import Policy, RoutingParams, SamplingParams
+from rstitch_core.config import ConfigError, RoutingParams, SamplingParams
+from rstitch_core.config import NoRouter as CoreNoRouter
 from rstitch_core.prompts import validate_messages
 from services import limits
 from services.openai_fields import MAX_CHOICES, chat_role, controls, logprobs_field, n_choices, refuse_unsupported
@@ -201,8 +201,8 @@ def _parse_sampling(req: dict, max_context: int, endpoint: Endpoint, vocab_size:
     chosen.update(controls(req, vocab_size, FieldError))
     try:
         return SamplingParams(**chosen, stop=tuple(stop or ()))
-    except ValueError as err:  # what only the fields together break (min_tokens above the budget)
-        raise FieldError(str(err).split(" ", 1)[0], str(err)) from None
+    except ConfigError as err:  # what only the fields together break (min_tokens above the budget)
+        raise FieldError(err.field, str(err)) from None
 
 
 def _sampling_field(core: str, param: str, value: Any) -> None:
@@ -210,39 +210,25 @@ def _sampling_field(core: str, param: str, value: Any) -> None:
         raise FieldError(param, f"{param} must be a number, got {json.dumps(value)}")
     try:
         SamplingParams(**{core: value})
-    except ValueError as err:
+    except ConfigError as err:  # the core names its own field; the client knows it as `param`
         raise FieldError(param, str(err).replace(core, param, 1)) from None
 
 
 def _parse_routing(ext: Any, default_threshold: float, router_tau: float | None) -> RoutingParams:
-    """The "rstitch" extension object: any RoutingParams field, checked as gRPC checks routing."""
-    accepted = [f.name for f in fields(RoutingParams)]
+    """The "rstitch" extension object: any RoutingParams field, resolved as gRPC resolves routing."""
     if ext is None:
         ext = {}
     if not isinstance(ext, dict):
+        accepted = [f.name for f in fields(RoutingParams)]
         raise FieldError("rstitch", f"rstitch must be an object with fields {accepted}, got {ext!r:.80}")
-    unknown = sorted(set(ext) - set(accepted))
-    if unknown:
-        raise FieldError("rstitch", f"rstitch: unknown field {unknown[0]!r}; accepted: {', '.join(accepted)}")
-    values = {name: value for name, value in ext.items() if value is not None}
-    defaults = RoutingParams()
-    for name, value in values.items():
-        default = getattr(defaults, name)
-        if isinstance(default, Enum):  # policy, acceptance: their own parse names the accepted values
-            values[name] = _checked(f"rstitch.{name}", lambda: type(default).parse(value), f"rstitch.{name}: ")
-        else:
-            _checked(f"rstitch.{name}", lambda: RoutingParams(**{name: value}), "rstitch.")
-    threshold = default_threshold
-    if values.get("policy") is Policy.RSTITCH_PLUS:
-        if "threshold" in values:
-            tau = "" if router_tau is None else f" = {router_tau:g}"
-            raise FieldError("rstitch.threshold", f"rstitch.threshold must be unset for policy rstitch+ (it runs "
-                                                  f"at its router's tau{tau}), got {values['threshold']!r:.80}")
-        if router_tau is None:
-            raise NoRouter("rstitch.policy rstitch+: this server holds no router; start it with --router PATH "
-                           "(rstitch serve) or set router in the Serve config")
-        threshold = router_tau
-    return RoutingParams(**{"threshold": threshold, **values})
+    try:
+        return RoutingParams.resolve(router_tau, default_threshold, **ext)
+    except CoreNoRouter:
+        raise NoRouter("rstitch.policy rstitch+: this server holds no router; start it with --router PATH "
+                       "(rstitch serve) or set router in the Serve config") from None
+    except ConfigError as err:
+        err = err.under("rstitch.")
+        raise FieldError(err.field, str(err)) from None
 
 
 def _checked(param: str | None, check, prefix: str = ""):
