@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Generator, Sequence as Seq
+from typing import Generator, Iterable
 
 from rstitch_core.config import SamplingParams
 from rstitch_core.events import (Direction, FinishEvent, FinishReason, GenerationStats, ModelStats,
@@ -34,7 +34,7 @@ class ModelState:
     def num_cached(self) -> int:
         return self.cache.num_tokens if self.cache is not None else 0
 
-    def step(self, token_ids: Seq[int], turn_start: bool, num_logits: int = 1,
+    def step(self, token_ids: list[int], turn_start: bool, num_logits: int = 1,
              hidden: bool = False) -> Generator[PassRequest, ForwardOutput, ForwardOutput]:
         """Ask for one pass over exactly the tokens of `token_ids` this model has not seen (yielded
         to whoever runs passes: run_inline in-process, a worker's StepEngine served); returns its output.
@@ -102,7 +102,7 @@ class Sequence:
         """How many more tokens may still be generated (budget and context window)."""
         return min(self.sampling.max_new_tokens - self.num_generated, self.max_context - len(self.token_ids))
 
-    def adjust(self, sampler, logits, drafts: Seq[int] = ()):
+    def adjust(self, sampler, logits, drafts: list[int] | tuple[int, ...] = ()):
         """logits: [N, V] raw at the last N positions of token_ids + drafts -> [N, V] with the
         request's logits controls (Sampler.adjust)."""
         return sampler.adjust(logits, self.token_ids + list(drafts), len(self.prompt_ids), self.eos_token_ids)
@@ -142,7 +142,7 @@ class Sequence:
         self.last_switch = self.num_generated
         return SwitchEvent(direction, self.num_generated, len(self.token_ids) - num_cached)
 
-    def extend(self, token_ids: Seq[int]) -> None:
+    def extend(self, token_ids: Iterable[int]) -> None:
         """Append tokens written elsewhere (a worker's mirror of the sequence catching up): the
         text and stop state advance, no event or stats. They never end the sequence: whoever
         wrote them already applied the stop rules."""

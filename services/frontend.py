@@ -28,7 +28,7 @@ from services.metrics import BUSY, CANCELLED, ERROR, INVALID, RequestRecorder, F
 from services.protocol import finish_response, switch_response, tokens_response
 from services.request_parsing import NoRouter, ParsedRequest, parse_request
 from services.session import Releases, RemoteSession
-from services.worker import WorkerBusy, resolve_model_source
+from services.worker import WorkerBusy, resolve_model_weights
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Frontend:
         self.shadow_prefill_tokens = shadow_prefill_tokens  # see RemoteSession
         self.cost_profile = _load_cost_profile(cost_profile)
         self.draft_windows = DraftWindows()  # drafting or plain decoding, by measured throughput at each load
-        sources = {m: resolve_model_source(s, m) for m, s in (("slm", slm_source), ("llm", llm_source))}
+        sources = {m: resolve_model_weights(s, m) for m, s in (("slm", slm_source), ("llm", llm_source))}
         slm_tokenizer = load_tokenizer(sources["slm"], "slm")
         self.tokenizer = load_tokenizer(sources["llm"], "llm")
         check_tokenizers(slm_tokenizer, self.tokenizer)  # a mismatched pair never serves a token

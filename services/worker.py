@@ -43,7 +43,7 @@ LLAMACPP_MAX_CACHED_TOKENS = 65_536
 class WorkerConfig:
     """How a worker loads its model and bounds its memory."""
 
-    source: str | None  # None: the embedded default pair's model for this role
+    weights: str | None  # folder, .gguf file or cached id; None: the embedded default pair's model for this role
     backend: str = "auto"  # torch | llamacpp | auto (resolved on the worker's node: models.loading.resolve_backend)
     dtype: str = "auto"  # torch: resolved on the worker's node (rstitch_core.models.loading.resolve_dtype)
     prefill: str = "off"  # "DTYPE[:N]": long passes on a copy in DTYPE (rstitch_core/models/prefill.py)
@@ -95,10 +95,10 @@ class ModelWorker:
             device = "cuda:0" if torch.cuda.is_available() else "cpu"
         backend = config.backend
         if backend == "auto":
-            backend, _ = resolve_backend(backend, [config.source or "default.gguf"], device)
-        source = resolve_model_source(config.source, self.role, backend)
+            backend, _ = resolve_backend(backend, [config.weights or "default.gguf"], device)
+        weights = resolve_model_weights(config.weights, self.role, backend)
         # llama.cpp allocates its KV memory up front: as many positions as the store may hold, bounded
-        base = load_model(source, config.dtype, device, name=self.role, prefill=PrefillSpec.parse(config.prefill),
+        base = load_model(weights, config.dtype, device, name=self.role, prefill=PrefillSpec.parse(config.prefill),
                           backend=backend, threads=threads, max_sequences=config.max_sessions,
                           context_tokens=min(config.max_cached_tokens, LLAMACPP_MAX_CACHED_TOKENS))
         why_not = base.batching_off_reason() if config.batching else "batching is off"
@@ -276,12 +276,12 @@ class ModelWorker:
         return self.engine.stats.last_batch_rows if self.batching_off_reason is None else 1
 
 
-def resolve_model_source(source: str | None, role: Source, backend: str = "torch") -> str:
-    """A model source, or for None the embedded default pair's model as `backend` runs it (assembled
-    on this node)."""
-    if source is not None:
-        return source
-    from rstitch_core.assets import ensure_default_pair
+def resolve_model_weights(weights: str | None, role: Source, backend: str = "torch") -> str:
+    """`weights` as given, or for None the embedded default pair's model as `backend` runs it
+    (assembled on this node)."""
+    if weights is not None:
+        return weights
+    from rstitch_core.assets import ensure_default_pair  # only without weights: it imports the asset packages
 
     slm, llm = ensure_default_pair(progress=False, backend=backend)
     return str(slm if role == "slm" else llm)

@@ -41,6 +41,8 @@ def accept_prefix(d: Draft, logits: torch.Tensor, sampler: Sampler, rule: Accept
     n = len(d.tokens)
     target = logits if sampler.greedy else sampler.probs(logits)  # [n+1, V]
     width = target.shape[-1]
+    if n == 0:  # a plain LLM step: its own token
+        return 0, int(target[0].argmax()) if sampler.greedy else sampler.draw(target[0])
     drafts = torch.tensor(d.tokens, dtype=torch.long, device=target.device)  # [n]
     in_vocab = drafts < width  # an SLM id past the LLM's (padded) vocabulary has p = 0
     safe = drafts.clamp(max=width - 1)  # [n] (out-of-vocabulary ids read a real column, then are masked)

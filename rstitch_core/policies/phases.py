@@ -30,7 +30,7 @@ NEVER = math.inf  # an entropy bound no distribution exceeds
 
 @dataclass(frozen=True)
 class DraftOp:
-    """Ask the SLM for up to `num` tokens past the end of the sequence.
+    """Ask the SLM for up to `limit` tokens past the end of the sequence.
 
     trusted (rstitch, slm): tokens are kept as they are drafted, until one's entropy exceeds
     `stop_above` (and the R-Stitch+ router, if any, agrees): that one is discarded and the SLM hands
@@ -38,7 +38,7 @@ class DraftOp:
     first one above `stop_above`, which is kept as the last draft: the LLM may well accept it.
     """
 
-    num: int
+    limit: int
     trusted: bool
     stop_above: float
     model: Source = field(default="slm", init=False)
@@ -84,7 +84,7 @@ def draft_phase(seq: Sequence, slm: ModelState, sampler: Sampler, op: DraftOp,
     tokens: list[int] = []
     entropies: list[float] = []
     probs: list[torch.Tensor] = []  # [V] each, only when sampling provisional drafts
-    for i in range(op.num):
+    for i in range(op.limit):
         if not seq.running:
             break
         out = yield from slm.step(seq.token_ids + tokens, turn_start=i == 0, hidden=router is not None)

@@ -33,7 +33,7 @@ def test_one_expression_equals_the_draft_by_draft_rule(seed, n, vocab, slm_narro
     old, new = Sampler(sampling), Sampler(sampling)
     want = draft_by_draft_acceptance(tokens, q, logits, old, relaxed_ratio)
     rule = "exact" if relaxed_ratio is None else "relaxed"
-    got = accept_prefix(Draft(tokens, [0.0] * n, None if greedy else q), logits, new, rule,
+    got = accept_prefix(Draft(tokens, [0.0] * n, None if greedy or n == 0 else q), logits, new, rule,
                         1.0 if relaxed_ratio is None else relaxed_ratio)
     assert got == want
     assert torch.equal(old.get_state(), new.get_state())
