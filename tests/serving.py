@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-import time
+from waiting import eventually
 
 # Greedy on the tiny pair (tests/tiny_models.py), no policy ends this prompt within HOLD_TOKENS
 # (the SLM ends "the quick brown fox" after 55): a stream opened with it is still running when a
@@ -54,14 +54,11 @@ def evict_llm_sessions() -> bool:
 
 def wait_until_released(timeout: float) -> list[dict]:
     """state() of every worker replica, polled until none holds a session or a KV slot (or timeout)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
+    def released():
         states = [*worker_states("SLMWorker").values(), *worker_states("LLMWorker").values()]
-        if all(s["sessions"] == 0 and not s["slots_in_use"] for s in states) or time.monotonic() > deadline:
-            return states
-        time.sleep(0.1)
+        return states if all(s["sessions"] == 0 and not s["slots_in_use"] for s in states) else None
+
+    return eventually(released, timeout, interval=0.1)
 
 
 class LocalFrontend:
@@ -97,10 +94,7 @@ class LocalFrontend:
         self._http_server = uvicorn.Server(uvicorn.Config(build_http_app(self.frontend), host="127.0.0.1", port=port,
                                                           log_level="warning", lifespan="off"))
         self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._http_server.serve()))
-        deadline = time.monotonic() + 60  # a bound for a server that never starts, not an expected duration
-        while not self._http_server.started:
-            assert time.monotonic() < deadline, "the HTTP server did not start"
-            time.sleep(0.01)
+        eventually(lambda: self._http_server.started, message=lambda: "the HTTP server did not start")
         self.http = f"http://127.0.0.1:{port}"
         return self.http
 

@@ -3,7 +3,6 @@ The engine that schedules them is tested in test_step_engine.py."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from rstitch_core.models.batched import PassRequest, forward_batch, new_slot_kv

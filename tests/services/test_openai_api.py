@@ -4,7 +4,6 @@ HTTP proxy on a free port, tiny models; compared with gRPC on the same service."
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
@@ -17,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rstitch_core import RoutingParams, SamplingParams
 from rstitch_core.config import Policy
 from serving import HOLD_PROMPT, HOLD_TOKENS, openai_client, wait_until_released, worker_states
+from waiting import eventually
 
 APP_ARGS = {"max_concurrent_requests": 2}
 PROMPT = "Natalia sold clips to 48 of her friends"
@@ -89,10 +89,9 @@ def test_the_request_counter_moves_for_http_requests(oai, model, service, http):
     assert post(http, "/v1/completions", {"prompt": PROMPT, "max_tokens": 0})[0] == 400
     outcome = {"stop": "eos", "length": "length"}[done.choices[0].finish_reason]
     expected = {("speculative", outcome): 1, ("unknown", "invalid_argument"): 1}
-    deadline = time.monotonic() + 30  # Ray ships metrics on its report interval (1 s here)
-    while {k: scrape(service[2])[k] - before[k] for k in expected} != expected and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert {k: scrape(service[2])[k] - before[k] for k in expected} == expected
+    # Ray ships metrics on its report interval (1 s here)
+    eventually(lambda: {k: scrape(service[2])[k] - before[k] for k in expected} == expected, interval=0.5,
+               message=lambda: str({k: scrape(service[2])[k] - before[k] for k in expected}))
 
 
 def test_greedy_completion_equals_grpc_token_for_token_with_exact_usage(oai, client, model, engine):
