@@ -42,6 +42,9 @@ class ConfigError(ValueError):
         super().__init__(message)
         self.field = field
 
+    def __reduce__(self):  # crosses process boundaries (Ray) with its field
+        return type(self), (self.field, str(self))
+
     def under(self, prefix: str) -> ConfigError:
         """The same error one level down a request ("routing." + "threshold"): field and message prefixed."""
         return type(self)(prefix + self.field if self.field else prefix.rstrip("."), f"{prefix}{self}")
