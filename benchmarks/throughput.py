@@ -137,7 +137,7 @@ def serving_profile(choice: str, slm: str, llm: str, dtype: str) -> str | None:
         return str(Path(choice).resolve())
     from transformers import AutoConfig
 
-    from rstitch_core.profile import default_path, gguf_key, profile_key
+    from rstitch_core.drafting.profile import default_path, gguf_key, profile_key
 
     key = (gguf_key(slm, llm) if dtype == "gguf"
            else profile_key(AutoConfig.from_pretrained(slm), AutoConfig.from_pretrained(llm), dtype, "cpu"))
@@ -164,7 +164,7 @@ def warm_up(address: str, args) -> None:
 
 def measure(address: str, routing, concurrency: int, args) -> dict:
     """`concurrency` streams started together, one request each; aggregate and per-request figures."""
-    from rstitch_cli.bench import PROMPTS
+    from rstitch_eval.bench_prompts import PROMPTS
     from rstitch_core import SamplingParams
     from services.client import RStitchClient
     from services.protocol import collect_responses
@@ -238,7 +238,7 @@ def print_table(f: dict, args) -> None:
     for role, b in (f.get("batching") or {}).items():
         if b and b["steps"]:
             print(f"{role} worker: {b['steps']} batched steps, mean {b['rows'] / b['steps']:.2f} sessions per step "
-                  f"(max {b['max_rows']}), {b['lingers']} steps waited the full linger")
+                  f"(max {b['max_rows']}), {b.get('deferred', 0)} passes deferred by the step budget")
     rows = [(str(c), row) for c, row in f["levels"].items()]
     if f["unbatched"]:
         rows.append(("1, batching off", f["unbatched"]))

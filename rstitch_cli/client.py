@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from services.client import RStitchClient
     from services.protocol import ResultBuilder
 
-    sampling, routing = request_params(args)  # bad values fail locally, before any connection
+    sampling, routing = request_params(args, remote=True)  # bad values fail locally, before any connection
     messages = parse_messages(args.messages) if args.messages is not None else None
     if args.timeout is not None and not args.timeout > 0:
         raise ValueError(f"--timeout must be a number of seconds > 0, got {args.timeout}")

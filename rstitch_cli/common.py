@@ -82,12 +82,26 @@ def pick_dtype(dtype: str, device: str, slm: str, llm: str, quiet: bool = False,
 
 def _measured_dtype(slm: str, llm: str, device: str):
     """choose_dtype over the saved bfloat16 and float32 profiles of this pair here, if both exist."""
-    from rstitch_cli.profile import configs
-    from rstitch_core.profile import cached_profile, choose_dtype, profile_key
+    from rstitch_core.drafting.profile import cached_profile, choose_dtype, profile_key
 
-    slm_config, llm_config = configs((slm, llm, False))
+    slm_config, llm_config = pair_configs((slm, llm, False))
     profiles = [cached_profile(profile_key(slm_config, llm_config, d, device)) for d in ("bfloat16", "float32")]
     return choose_dtype(profiles) if all(profiles) else None
+
+
+def pair_configs(pair: tuple[str, str, bool]):
+    """The transformers configs of a pair (slm, llm, are_shapes): built-in shape names or model sources."""
+    from rstitch_core.shapes import shape_config
+
+    slm, llm, shapes = pair
+    if shapes:
+        return shape_config(slm), shape_config(llm)
+    from transformers import AutoConfig
+
+    from rstitch_core.models.loading import resolve_source
+
+    return tuple(AutoConfig.from_pretrained(folder, **kwargs) for folder, kwargs in
+                 (resolve_source(slm, "slm"), resolve_source(llm, "llm")))
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -155,10 +169,10 @@ def load_engine(args: argparse.Namespace, quiet: bool = False) -> Engine:
 
 def use_cost_profile(engine: Engine, choice: str, quiet: bool = False):
     """Give the engine cost-aware draft control from a saved profile (--cost-profile); returns it."""
-    from rstitch_core.draft_control import choose_draft_limit
-    from rstitch_core.policies.cost_aware import PROBE_RATE
-    from rstitch_core.policies.cost_aware import cost_aware
-    from rstitch_core.profile import CostProfile, cached_profile, runner_key
+    from rstitch_core.drafting.control import choose_draft_limit
+    from rstitch_core.drafting.cost_aware import PROBE_RATE
+    from rstitch_core.drafting.cost_aware import cost_aware
+    from rstitch_core.drafting.profile import CostProfile, cached_profile, runner_key
 
     if choice == "off":
         return None

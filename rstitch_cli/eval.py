@@ -160,7 +160,7 @@ def report(out: Path, quiet: bool = False, cost_profile: str | None = None) -> i
 
 
 def load_cost_profile(path: str):
-    from rstitch_core.profile import CostProfile
+    from rstitch_core.drafting.profile import CostProfile
 
     return CostProfile.load(path)
 

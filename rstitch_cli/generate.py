@@ -7,6 +7,7 @@ import json
 import sys
 
 from rstitch_cli.common import add_model_args, load_engine
+from rstitch_core.config import DEFAULT_THRESHOLD, NoRouter
 from rstitch_core import (FinishEvent, Generation, Policy, RoutingParams, SamplingParams, SwitchEvent,
                           TokenEvent)
 
@@ -51,19 +52,19 @@ def add_request_args(p: argparse.ArgumentParser) -> None:
                    help="stop string (repeatable); it is not printed")
 
 
-def request_params(args: argparse.Namespace, router_tau: float | None = None) -> tuple[SamplingParams, RoutingParams]:
-    """Validated configs from the arguments (ValueError names the bad value). rstitch+ takes tau from
-    its router (`router_tau`; None when the server holds the router)."""
+def request_params(args: argparse.Namespace, router_tau: float | None = None,
+                   remote: bool = False) -> tuple[SamplingParams, RoutingParams]:
+    """Validated configs from the arguments (ValueError names the field and the bad value), by the
+    core's one routing rule (RoutingParams.resolve). rstitch+ takes tau from its router: `router_tau`
+    here, or, `remote`, the server's (the tau here is then a stand-in that is never sent)."""
     sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=tuple(args.stop))
-    policy = Policy.parse(args.policy)
-    if policy is Policy.RSTITCH_PLUS and args.threshold is not None:
-        raise ValueError("--threshold does not apply to rstitch+: it runs at the tau its router was trained for")
-    threshold = (args.threshold if args.threshold is not None
-                 else router_tau if policy is Policy.RSTITCH_PLUS and router_tau is not None
-                 else RoutingParams.threshold)
-    routing = RoutingParams(policy=policy, threshold=threshold, draft_tokens=args.draft_tokens,
-                            acceptance=args.acceptance, relaxed_ratio=args.relaxed_ratio)
+    try:
+        routing = RoutingParams.resolve(DEFAULT_THRESHOLD if remote else router_tau, policy=args.policy,
+                                        threshold=args.threshold, draft_tokens=args.draft_tokens,
+                                        acceptance=args.acceptance, relaxed_ratio=args.relaxed_ratio)
+    except NoRouter:
+        raise ValueError("--policy rstitch+ needs --router PATH") from None
     return sampling, routing
 
 
@@ -96,9 +97,8 @@ def run(args: argparse.Namespace) -> int:
 
     router = LearnedRouter.load(args.router) if args.router else None  # bad files fail before the models load
     sampling, routing = request_params(args, router.config.tau if router else None)
-    if (router is None) != (routing.policy is not Policy.RSTITCH_PLUS):
-        raise ValueError("--policy rstitch+ needs --router PATH" if router is None
-                         else "--router is only used by --policy rstitch+")
+    if router is not None and routing.policy is not Policy.RSTITCH_PLUS:
+        raise ValueError("--router is only used by --policy rstitch+")
     messages = parse_messages(args.messages) if args.messages is not None else None
     engine = load_engine(args, quiet=args.json)
     if router is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rstitch_cli.common import check_llamacpp_args, model_sources, pair_configs, pick_backend
 from rstitch_core.models.loading import BACKEND_CHOICES
 
 ACCEPTANCE = (0.6, 0.8, 0.9)
@@ -42,9 +43,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rstitch_core.models.loading import parse_device, resolve_dtype
-    from rstitch_core.profile import choose_dtype
-
-    from rstitch_cli.common import check_llamacpp_args, pick_backend
+    from rstitch_core.drafting.profile import choose_dtype
 
     parse_device(args.device)
     if args.context < 0:
@@ -78,8 +77,6 @@ def pair_sources(args: argparse.Namespace, backend: str = "torch") -> tuple[str,
 
         shape_config(names[0]), shape_config(names[1])  # unknown names fail before any work
         return names[0], names[1], True
-    from rstitch_cli.common import model_sources
-
     slm, llm = model_sources(args, backend=backend)
     return slm, llm, False
 
@@ -93,10 +90,10 @@ def out_path(out: str | None, dtype: str, num_dtypes: int) -> Path | None:
 def obtain(args: argparse.Namespace, pair: tuple[str, str, bool], dtype: str, out: Path | None,
            backend: str = "torch"):
     """The cached profile for this key, or a freshly measured one (saved to `out` or the cache)."""
-    from rstitch_core.profile import cached_profile, default_path, gguf_key, profile_key
-    from rstitch_core.profiling import profile_pair, stderr_log
+    from rstitch_core.drafting.profile import cached_profile, default_path, gguf_key, profile_key
+    from rstitch_core.drafting.profiling import profile_pair, stderr_log
 
-    key = gguf_key(pair[0], pair[1]) if backend == "llamacpp" else profile_key(*configs(pair), dtype, args.device)
+    key = gguf_key(pair[0], pair[1]) if backend == "llamacpp" else profile_key(*pair_configs(pair), dtype, args.device)
     cached = None if args.force else cached_profile(key)
     if cached is not None:
         stderr_log(f"{dtype}: reusing {default_path(key)} (--force measures again)")
@@ -109,20 +106,6 @@ def obtain(args: argparse.Namespace, pair: tuple[str, str, bool], dtype: str, ou
     path = profile.save(out or default_path(key))
     stderr_log(f"{dtype}: wrote {path}")
     return profile
-
-
-def configs(pair: tuple[str, str, bool]):
-    from rstitch_core.shapes import shape_config
-
-    slm, llm, shapes = pair
-    if shapes:
-        return shape_config(slm), shape_config(llm)
-    from transformers import AutoConfig
-
-    from rstitch_core.models.loading import resolve_source
-
-    return tuple(AutoConfig.from_pretrained(folder, **kwargs) for folder, kwargs in
-                 (resolve_source(slm, "slm"), resolve_source(llm, "llm")))
 
 
 def load_pair(pair: tuple[str, str, bool], dtype: str, device: str, backend: str = "torch"):
@@ -138,7 +121,7 @@ def load_pair(pair: tuple[str, str, bool], dtype: str, device: str, backend: str
 
 def describe(profile, context: int) -> str:
     """The fitted costs a user can check, and the draft limits they lead to."""
-    from rstitch_core.draft_control import choose_draft_limit
+    from rstitch_core.drafting.control import choose_draft_limit
 
     key, lines = profile.key, []
     lines.append(f"# {key.slm} + {key.llm}, {key.dtype} on {key.device} ({key.hardware}"

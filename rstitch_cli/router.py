@@ -1,12 +1,13 @@
-"""`rstitch router`: the R-Stitch+ router's cost model and training.
+"""`rstitch router`: the R-Stitch+ router's training, rewarded by latency priced on the pair's cost profile.
 
-  rstitch router profile --out COST.json [--slm --llm]          time passes, fit the cost model
+  rstitch router profile --out COST.json [--slm --llm]          the cost profile (as `rstitch profile --out`)
   rstitch router train --dataset arith|gsm8k --out ROUTER.safetensors --tau T [--cost-model COST.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -16,12 +17,13 @@ GSM8K_TRAIN = range(500)  # development problems; 500-999 are kept for evaluatin
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("router", help="R-Stitch+: profile the pair's cost model, train a router",
+    p = sub.add_parser("router", help="R-Stitch+: profile the pair's pass costs, train a router",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     modes = p.add_subparsers(dest="mode", required=True, parser_class=type(p))
-    prof = modes.add_parser("profile", help="time partial prefills and decode steps; fit T_prefill and T_decode")
+    prof = modes.add_parser("profile", help="time the pair's passes and fit its cost profile (as rstitch profile)")
     prof.add_argument("--out", required=True, metavar="COST.json")
-    prof.add_argument("--reps", type=int, default=3, help="timed passes per point (median) (default: %(default)s)")
+    prof.add_argument("--reps", type=int, help="time each point this many passes, one round (default: the "
+                      "profiler's grid: repeated for 0.3 s, two rounds)")
     add_model_args(prof)
     prof.set_defaults(run=profile)
     t = modes.add_parser("train", help="supervised warm start, then RL fine-tuning (base models frozen)")
@@ -30,7 +32,9 @@ def add_parser(sub) -> None:
                    help="training problems: gsm8k 0-499, reasoning-gym's generated gsm-symbolic problems, or "
                    "the arith task's training split (default: %(default)s)")
     t.add_argument("--tau", type=float, required=True, help="the router is consulted where the SLM's entropy > tau")
-    t.add_argument("--cost-model", metavar="COST.json", help="from `rstitch router profile` (default: profile now)")
+    t.add_argument("--cost-model", metavar="COST.json",
+                   help="a cost profile from `rstitch profile --out` (default: this machine's cached profile, "
+                   "else measured now)")
     t.add_argument("--problems", type=int, default=64, help="training problems (default: %(default)s)")
     t.add_argument("--supervised-problems", type=int, default=32,
                    help="of those, how many give supervised labels (default: %(default)s)")
@@ -50,28 +54,25 @@ def add_parser(sub) -> None:
 
 
 def profile(args: argparse.Namespace) -> int:
-    from rstitch_core.costmodel import profile_pair
+    from rstitch_cli.profile import describe
+    from rstitch_core.drafting.profile import CostProfile
+    from rstitch_core.drafting.profiling import default_grid, profile_pair, stderr_log
 
+    if args.reps is not None and args.reps < 1:
+        raise ValueError(f"--reps must be >= 1, got {args.reps}")
     engine = load_engine(args)
-    cost = profile_pair(engine, reps=args.reps, device=args.device)
-    cost.save(args.out)
-    print(describe_cost(cost))
-    print(f"rstitch router: wrote {args.out}", file=sys.stderr)
+    grid = default_grid(engine.llm.device)
+    if args.reps is not None:
+        grid = dataclasses.replace(grid, max_reps=args.reps, min_seconds=0.0, rounds=1)
+    path = profile_pair(engine.slm, engine.llm, grid, log=stderr_log).save(args.out)
+    print(describe(CostProfile.load(path), 256))
+    print(f"rstitch router: wrote {path}", file=sys.stderr)
     return 0
 
 
-def describe_cost(cost) -> str:
-    lines = []
-    for name in ("slm", "llm"):
-        m = getattr(cost, name)
-        lines.append(f"{name}: decode(kv=0) {m.decode_seconds(0) * 1e3:.2f} ms + {m.decode[0] * 1e6:.3f} us/kv; "
-                     f"prefill(n=32, kv=128) {m.prefill_seconds(32, 128) * 1e3:.2f} ms")
-    lines.append(f"llm/slm decode ratio at kv=128: {cost.llm.decode_seconds(128) / cost.slm.decode_seconds(128):.2f}x")
-    return "\n".join(lines)
-
-
 def train(args: argparse.Namespace) -> int:
-    from rstitch_core.costmodel import CostModel, profile_pair
+    from rstitch_core.drafting.profile import CostProfile
+    from rstitch_core.drafting.profiling import cached_or_measured, stderr_log
     from rstitch_eval.tasks import get_task
     from rstitch_train.pipeline import train_router
     from rstitch_train.router import RLConfig, SupervisedConfig
@@ -102,7 +103,8 @@ def train(args: argparse.Namespace) -> int:
     else:
         problems = task.load(0, args.problems)
     engine = load_engine(args)
-    cost = CostModel.load(args.cost_model) if args.cost_model else profile_pair(engine, device=args.device)
+    cost = (CostProfile.load(args.cost_model) if args.cost_model
+            else cached_or_measured(engine.slm, engine.llm, log=stderr_log))
     slm_name = Path(model_sources(args, quiet=True)[0]).name
     report = train_router(engine, task, problems, slm_name, args.tau, Path(args.out), cost,
                           args.supervised_problems, supervised, rl, width=args.width)

@@ -50,6 +50,8 @@ def add_parser(sub) -> None:
                    "each draft length: auto (the default) = the profile `rstitch profile` saved for this pair, "
                    "dtype and machine, measured now if there is none (about a minute on a 2-core CPU, once); "
                    "off = fixed draft limits; or a profile file")
+    p.add_argument("--served-model-name", metavar="ID", help="the model id of the OpenAI API (default: SLM-LLM "
+                   "from the pair's names, a valid Hugging Face repo name)")
     p.add_argument("--port", type=int, help="gRPC port (default: 9000)")
     p.add_argument("--http-port", type=int, help="HTTP port of the OpenAI-compatible API (default: 8000)")
     p.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs for the local Ray cluster")
@@ -83,7 +85,7 @@ def app_settings(args: argparse.Namespace) -> tuple[dict, int]:
     for flag, key in (("slm", "slm"), ("llm", "llm"), ("llm_replicas", "llm_replicas"), ("dtype", "dtype"),
                       ("backend", "backend"),
                       ("prefill", "prefill"), ("router", "router"), ("shadow_prefill_tokens", "shadow_prefill_tokens"),
-                      ("cost_profile", "cost_profile")):
+                      ("cost_profile", "cost_profile"), ("served_model_name", "served_model_name")):
         if getattr(args, flag) is not None:
             app_args[key] = getattr(args, flag)
     if (app_args.get("slm") is None) != (app_args.get("llm") is None):
@@ -94,7 +96,7 @@ def app_settings(args: argparse.Namespace) -> tuple[dict, int]:
             raise ValueError(f"--router: router file {str(router)!r} does not exist")
         app_args["router"] = str(router)  # Ray's workers may run in another directory
     if app_args.get("cost_profile") not in (None, "auto", "off"):
-        from rstitch_core.profile import CostProfile
+        from rstitch_core.drafting.profile import CostProfile
 
         CostProfile.load(app_args["cost_profile"])  # fail now, with the file named, not in a replica
         app_args["cost_profile"] = str(Path(app_args["cost_profile"]).resolve())
@@ -133,7 +135,7 @@ def resolve_cost_profile(app_args: dict) -> None:
     from rstitch_cli.profile import obtain
     from rstitch_core.assets import ensure_default_pair
     from rstitch_core.models.loading import resolve_dtype
-    from rstitch_core.profile import default_path
+    from rstitch_core.drafting.profile import default_path
     from services.app import AppConfig
 
     cfg = AppConfig.from_args(app_args)

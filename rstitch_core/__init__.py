@@ -18,8 +18,8 @@ from rstitch_core.generation import Generation
 # name -> the module that defines it; each of these modules imports torch.
 _LAZY = {"Engine": "rstitch_core.engine", "normalized_entropy": "rstitch_core.entropy",
          "check_pair": "rstitch_core.models.loading", "load_model": "rstitch_core.models.loading",
-         "ModelRunner": "rstitch_core.models.runner", "RouterInput": "rstitch_core.policies.router",
-         "SwitchRouter": "rstitch_core.policies.router"}
+         "ModelRunner": "rstitch_core.models.runner", "RouterInput": "rstitch_core.router.switch",
+         "SwitchRouter": "rstitch_core.router.switch"}
 
 __all__ = [
     "Engine", "Event", "FinishEvent", "FinishReason", "Generation", "GenerationStats", "ModelRunner",

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator
 
-from rstitch_core.config import Policy, RoutingParams, SamplingParams
+from rstitch_core.config import RoutingParams, SamplingParams, check_router
 from rstitch_core.events import Event, Source
 from rstitch_core.generation import Generation  # re-exported: it used to live here
+from rstitch_core.logits_processors import prompt_logprobs
 from rstitch_core.models.loading import check_pair, load_model
 from rstitch_core.models.prefill import PrefillSpec
 from rstitch_core.models.backend import ModelBackend
 from rstitch_core.policies.loop import DraftControl, run_local
-from rstitch_core.policies.router import SwitchRouter
+from rstitch_core.router.switch import SwitchRouter
 from rstitch_core.prompts import check_prompt_ids, check_request, encode_prompt
 from rstitch_core.sampling import Sampler
-from rstitch_core.sequence import ModelState, Sequence as Seq
+from rstitch_core.sequence import ModelState, Sequence
 
 
 class Engine:
@@ -37,7 +38,7 @@ class Engine:
         return cls(load_model(slm, dtype, device, name="slm", prefill=prefill, backend=backend),
                    load_model(llm, dtype, llm_device or device, name="llm", prefill=prefill, backend=backend))
 
-    def encode(self, prompt: str | None = None, messages: Sequence[dict] | None = None) -> list[int]:
+    def encode(self, prompt: str | None = None, messages: list[dict] | None = None) -> list[int]:
         """Prompt text or chat messages -> token ids; rejects prompts that fill the context window."""
         ids = encode_prompt(self.tokenizer, prompt, messages)
         self.check_prompt_ids(ids)
@@ -47,11 +48,18 @@ class Engine:
     def vocab_size(self) -> int:
         return min(self.slm.vocab_size, self.llm.vocab_size)
 
-    def check_prompt_ids(self, ids: Sequence[int]) -> None:
+    def check_prompt_ids(self, ids: Iterable[int]) -> None:
         check_prompt_ids(ids, self.max_context, self.vocab_size)
 
-    def generate(self, prompt: str | None = None, messages: Sequence[dict] | None = None, *,
-                 prompt_ids: Sequence[int] | None = None,
+    def prompt_logprobs(self, prompt_ids: Iterable[int], top: int = 0) -> list:
+        """The LLM's log-probability of each prompt token given those before it, with its `top`
+        alternatives (None for the first token): what an echoed completion reports."""
+        ids = [int(t) for t in prompt_ids]
+        self.check_prompt_ids(ids)
+        return prompt_logprobs(self.llm, ids, top)
+
+    def generate(self, prompt: str | None = None, messages: list[dict] | None = None, *,
+                 prompt_ids: Iterable[int] | None = None,
                  sampling: SamplingParams = SamplingParams(),
                  routing: RoutingParams = RoutingParams(),
                  router: SwitchRouter | None = None) -> Iterator[Event]:
@@ -68,22 +76,22 @@ class Engine:
         else:
             ids = encode_prompt(self.tokenizer, prompt, messages)
         check_request(ids, sampling.max_new_tokens, self.max_context, self.vocab_size)  # as served
-        check_router(routing, router)
+        check_router(routing.policy, router is not None)
         return self._run(ids, sampling, routing, router)
 
-    def rollout(self, prompt_ids: Sequence[int], sampling: SamplingParams, routing: RoutingParams,
+    def rollout(self, prompt_ids: Iterable[int], sampling: SamplingParams, routing: RoutingParams,
                 router: SwitchRouter | None = None) -> tuple[Generation, dict[Source, list[tuple[int, int]]]]:
         """Run one generation to the end; also return each model's forward passes as
         (new tokens, cached tokens) so a cost model can price the trajectory (router training)."""
         ids = [int(t) for t in prompt_ids]
         self.check_prompt_ids(ids)
-        check_router(routing, router)
+        check_router(routing.policy, router is not None)
         passes: dict[Source, list[tuple[int, int]]] = {}
         return Generation.collect(self._run(ids, sampling, routing, router, passes)), passes
 
     def _run(self, ids: list[int], sampling: SamplingParams, routing: RoutingParams,
              router: SwitchRouter | None, passes: dict | None = None) -> Iterator[Event]:
-        seq = Seq.create(ids, sampling, self.tokenizer, self.llm.eos_token_ids, self.max_context)
+        seq = Sequence.create(ids, sampling, self.tokenizer, self.llm.eos_token_ids, self.max_context)
         slm = ModelState("slm", self.slm, seq.stats.slm)
         llm = ModelState("llm", self.llm, seq.stats.llm)
         if passes is not None:
@@ -95,11 +103,3 @@ class Engine:
         finally:
             slm.release()
             llm.release()
-
-
-def check_router(routing: RoutingParams, router: SwitchRouter | None) -> None:
-    """A router goes with the rstitch+ policy and only with it (ValueError otherwise)."""
-    if routing.policy is Policy.RSTITCH_PLUS and router is None:
-        raise ValueError("the rstitch+ policy needs a router (--router PATH, made by rstitch router train)")
-    if router is not None and routing.policy is not Policy.RSTITCH_PLUS:
-        raise ValueError(f"a router only applies to the rstitch+ policy, not {routing.policy.value!r}")

@@ -27,6 +27,10 @@ class TokenEvent:
     text: str
     source: Source
     entropy: float  # normalized entropy of the source model's raw distribution at this position
+    # Asked for (SamplingParams.logprobs): the token's log-probability under the distribution it was
+    # accepted from (the LLM's wherever the LLM verified it) and the most likely alternatives.
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

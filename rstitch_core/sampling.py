@@ -7,6 +7,7 @@ import secrets
 import torch
 
 from rstitch_core.config import SamplingParams
+from rstitch_core.logits_processors import TopLogprobs, apply_controls, token_logprob
 
 
 class Sampler:
@@ -40,12 +41,30 @@ class Sampler:
     def set_state(self, state: torch.Tensor) -> None:
         self.generator.set_state(state)
 
+    def adjust(self, logits: torch.Tensor, history, prompt_len: int, eos_token_ids) -> torch.Tensor:
+        """logits: [N, V] raw at the last N positions of `history` -> [N, V] with the request's
+        logits controls applied (rstitch_core/logits_processors.py); every sampled or verified
+        distribution goes through here first."""
+        return apply_controls(self.params, logits, history, prompt_len, eos_token_ids)
+
+    def logprob(self, logits: torch.Tensor, token: int) -> tuple[float | None, TopLogprobs | None]:
+        """logits: [V] adjusted -> (log-probability of `token`, top alternatives), or (None, None)
+        when the request asks for no logprobs."""
+        if self.params.logprobs is None:
+            return None, None
+        return token_logprob(logits, token, self.params.logprobs)
+
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """logits: [N, V] raw -> [N, V] float32 sampling distribution (one-hot argmax when greedy)."""
+        """logits: [N, V] adjusted -> [N, V] float32 sampling distribution (one-hot argmax when greedy)."""
         logits = logits.float()
         if self.greedy:
             return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
         logits = logits / self.params.temperature
+        if self.params.min_p > 0:
+            # min_p (vLLM's order: after temperature, before top-k/top-p): drop tokens under
+            # min_p x the most likely token's probability.
+            p = logits.softmax(-1)
+            logits = logits.masked_fill(p < self.params.min_p * p.max(-1, keepdim=True).values, float("-inf"))
         k = self.params.top_k
         if 0 < k < logits.shape[-1]:
             kth = torch.topk(logits, k, dim=-1).values[..., -1:]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import statistics
 
-from rstitch_core.profile import CostProfile
+from rstitch_core.drafting.profile import CostProfile
 
 VERIFYING = {"speculative", "verified"}  # policies whose LLM passes need a logit row per fed token
 Pass = tuple[str, float, float, float, float]  # (model, n, kv, logits, how many such passes)

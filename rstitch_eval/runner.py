@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from rstitch_core.config import NoRouter
 from rstitch_core import Generation, Policy, RoutingParams, SamplingParams
 from rstitch_core.config import parse_routing_spec
 from rstitch_eval.gsm8k import Problem
@@ -61,9 +62,11 @@ def build_configs(policies: Sequence[str], thresholds: Sequence[float], draft_to
         if ":" in spec:
             raise ValueError(f"{spec!r}: only verified takes options (relaxed=R, k=N)")
         if policy is Policy.RSTITCH_PLUS:
-            if router_tau is None:
-                raise ValueError("the rstitch+ policy needs a router (--router PATH)")
-            configs.setdefault("rstitch+", EvalConfig("rstitch+", RoutingParams(policy=policy, threshold=router_tau)))
+            try:
+                routing = RoutingParams.resolve(router_tau, policy=policy)
+            except NoRouter:
+                raise ValueError("the rstitch+ policy needs a router (--router PATH)") from None
+            configs.setdefault("rstitch+", EvalConfig("rstitch+", routing))
         elif policy is Policy.RSTITCH:
             if not thresholds:
                 raise ValueError("the rstitch policy needs at least one threshold (--thresholds)")

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from rstitch_core import Policy, RoutingParams, SamplingParams
-from rstitch_core.policies.router import RouterInput
+from rstitch_core.router.switch import RouterInput
 from rstitch_core.router import LearnedRouter
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from rstitch_core.costmodel import CostModel
+from rstitch_core.drafting.profile import CostProfile
 from rstitch_core.router import LearnedRouter, RouterConfig, slm_fingerprint
 from rstitch_train.labels import collect_labels
 from rstitch_train.router import RLConfig, SupervisedConfig, train_rl, train_supervised
@@ -23,7 +23,7 @@ def new_router(engine, slm_name: str, tau: float, width: int, seed: int) -> Lear
     return LearnedRouter(config)
 
 
-def train_router(engine, task, problems: list, slm_name: str, tau: float, out: Path, cost: CostModel,
+def train_router(engine, task, problems: list, slm_name: str, tau: float, out: Path, cost: CostProfile,
                  supervised_problems: int, supervised: SupervisedConfig, rl: RLConfig, width: int = 64,
                  progress: bool = True) -> dict:
     """Train a router for `engine`'s SLM on `problems` of `task` and save it to `out` (plus a

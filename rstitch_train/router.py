@@ -22,8 +22,8 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from rstitch_core import Policy, RoutingParams, SamplingParams
-from rstitch_core.costmodel import CostModel
-from rstitch_core.policies.router import RouterInput
+from rstitch_core.drafting.profile import CostProfile
+from rstitch_core.router.switch import RouterInput
 from rstitch_core.router import LearnedRouter
 from rstitch_train.labels import Decisions
 
@@ -152,10 +152,10 @@ class SamplingRouter:
         return action
 
 
-def relative_latency(cost: CostModel, passes: dict, prompt_len: int, generated: int) -> float:
+def relative_latency(cost: CostProfile, passes: dict, prompt_len: int, generated: int) -> float:
     """L_hat: the trajectory's estimated latency over the estimate for the LLM alone on its tokens."""
     spent = cost.trajectory_seconds((m, n, kv) for m in ("slm", "llm") for n, kv in passes.get(m, []))
-    llm_only = cost.llm.pass_seconds(prompt_len, 0) + sum(
+    llm_only = cost.llm.seconds(prompt_len, 0) + sum(
         cost.llm.decode_seconds(prompt_len + i) for i in range(max(generated - 1, 0)))
     return spent / llm_only if llm_only > 0 else 0.0
 
@@ -182,7 +182,7 @@ def clipped_loss(logits: torch.Tensor, actions: torch.Tensor, old_logp: torch.Te
     return -torch.min(ratio * adv, ratio.clamp(1 - clip_low, 1 + clip_high) * adv).mean()
 
 
-def train_rl(engine, router: LearnedRouter, problems: list, grade, cost: CostModel, cfg: RLConfig,
+def train_rl(engine, router: LearnedRouter, problems: list, grade, cost: CostProfile, cfg: RLConfig,
              progress: bool = True) -> list[dict]:
     """Fine-tune `router` in place; `problems` are (prompt ids, gold) pairs and `grade(text, gold)`
     says whether a generation is right. Returns one dict of figures per step."""

@@ -3,6 +3,7 @@ RayService all call build_app(args)."""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, fields
 from typing import Any
@@ -10,10 +11,13 @@ from typing import Any
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
-from rstitch_core.models.loading import BACKEND_CHOICES
-from rstitch_core.models.prefill import PrefillSpec
+from rstitch_core.config import DEFAULT_THRESHOLD
 from services.frontend import Frontend
+from services.http_door import HTTPDoor, api_key_from_env
+from services.openai_api import build_http_app
 from services.worker import LLMWorker, SLMWorker, WorkerConfig
+
+logger = logging.getLogger(__name__)
 
 # Like the generated rstitch.v1.rstitch_pb2_grpc function, but unparseable requests reach the front end
 # (which answers INVALID_ARGUMENT) instead of failing as INTERNAL in the gRPC layer.
@@ -58,16 +62,18 @@ class AppConfig:
     max_concurrent_requests: int = 64  # per front-end replica; beyond it RESOURCE_EXHAUSTED
     max_cached_tokens: int = 262_144
     threads: int | None = None  # CPU threads of each worker's passes (None: every core it may use)
-    default_threshold: float = 0.02  # tau for requests that leave routing.threshold unset
+    default_threshold: float = DEFAULT_THRESHOLD  # tau for requests that leave routing.threshold unset
     router: str | None = None  # R-Stitch+ router file for POLICY_RSTITCH_PLUS; loaded by the SLM worker
     batching: bool = True  # each worker runs its sessions' passes as one batched pass per step
-    batch_linger_s: float = 0.02  # how long a step waits for the sessions of the previous step
+    max_batch_tokens: int = 8192  # tokens one worker step feeds (a longer single pass runs alone)
     # While the SLM holds the turn, the LLM worker prefills its tokens in the background once this
     # many are unseen, so a hand-over pass feeds about one token (0: off).
     shadow_prefill_tokens: int = 0
     # A saved `rstitch profile` file: speculative/verified requests that leave draft_tokens unset
     # choose each draft's length from it, priced at the LLM worker's current batch (None: off).
     cost_profile: str | None = None
+    # The model id clients name in `model` (None: "SLM-LLM" from the pair's names, a valid Hugging Face repo name).
+    served_model_name: str | None = None
 
     def __post_init__(self) -> None:
         tau = self.default_threshold
@@ -77,14 +83,17 @@ class AppConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        for name in ("slm_replicas", "llm_replicas", "max_sessions", "max_concurrent_requests", "max_cached_tokens"):
+        for name in ("slm_replicas", "llm_replicas", "max_concurrent_requests"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.prefill != "auto":
-            PrefillSpec.parse(self.prefill)  # raises ValueError quoting a bad value
-        if self.backend not in BACKEND_CHOICES:
-            raise ValueError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, got {self.backend!r}")
+        for role in ("slm", "llm"):  # the workers' own fields (sessions, cache, backend, dtype, ...): their checks
+            self.worker(role)
+        name = self.served_model_name
+        if name is not None and not (isinstance(name, str) and 0 < len(name) <= 256 and name.isprintable()
+                                     and name.strip() == name):
+            raise ValueError(f"served_model_name must be a printable string of 1 to 256 characters without "
+                             f"surrounding spaces, got {name!r:.80}")
         value = self.shadow_prefill_tokens
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"shadow_prefill_tokens must be an integer >= 0 (0: off), got {value!r}")
@@ -94,6 +103,9 @@ class AppConfig:
         args = dict(args or {})
         if "torch_threads" in args and "threads" not in args:  # the old spelling, from before llama.cpp
             args["threads"] = args.pop("torch_threads")
+        if "batch_linger_s" in args:  # workers step their sessions now: no timer to set
+            logger.warning("app arg batch_linger_s=%r is ignored: a worker's step runs every waiting pass "
+                           "without a timer (see max_batch_tokens)", args.pop("batch_linger_s"))
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(args) - known)
         if unknown:
@@ -106,13 +118,24 @@ class AppConfig:
                             device=getattr(self, f"{role}_device"), max_sessions=self.max_sessions,
                             max_cached_tokens=self.max_cached_tokens, threads=self.threads,
                             router=self.router if role == "slm" else None, batching=self.batching,
-                            batch_linger_s=self.batch_linger_s)
+                            max_batch_tokens=self.max_batch_tokens)
 
     def actor_options(self, role: str) -> dict:
         options = {"num_cpus": getattr(self, f"{role}_num_cpus"), "num_gpus": getattr(self, f"{role}_num_gpus")}
         if getattr(self, f"{role}_resources"):
             options["resources"] = dict(getattr(self, f"{role}_resources"))
         return options
+
+
+class ServedFrontend(Frontend):
+    """The Frontend as Serve's ingress: gRPC through its methods, HTTP through the OpenAI app."""
+
+    def __serve_build_asgi_app__(self):
+        """The HTTP front end, built by Serve once the replica is constructed (see build_app),
+        behind its door (services.http_door: API key, media type, size, slow bodies)."""
+        app = build_http_app(self)
+        app.add_middleware(HTTPDoor, api_key=api_key_from_env())
+        return app
 
 
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
@@ -136,10 +159,10 @@ def bind_app(cfg: AppConfig, llm_class: type = LLMWorker) -> serve.Application:
     frontend_options = {"num_cpus": cfg.frontend_num_cpus}
     if cfg.frontend_resources:
         frontend_options["resources"] = dict(cfg.frontend_resources)
-    # serve.ingress() without an app: Serve asks the constructed Frontend for its FastAPI app
-    # (Frontend.__serve_build_asgi_app__), so HTTP routes and gRPC Generate share one replica and path.
-    frontend = serve.deployment(serve.ingress()(Frontend), name="Frontend",
+    # serve.ingress() without an app: Serve asks the constructed replica for its FastAPI app
+    # (ServedFrontend.__serve_build_asgi_app__), so HTTP routes and gRPC Generate share one replica and path.
+    frontend = serve.deployment(serve.ingress()(ServedFrontend), name="Frontend",
                               max_ongoing_requests=2 * cfg.max_concurrent_requests, ray_actor_options=frontend_options)
     return frontend.bind(slm.bind(cfg.worker("slm")), llm.bind(cfg.worker("llm")), cfg.slm, cfg.llm,
                        cfg.default_threshold, cfg.max_concurrent_requests, cfg.shadow_prefill_tokens,
-                       cfg.cost_profile)
+                       cfg.cost_profile, cfg.served_model_name)

@@ -18,18 +18,19 @@ from typing import AsyncIterator, Callable
 import grpc
 
 from rstitch.v1 import rstitch_pb2 as pb
-from rstitch_core.draft_windows import DraftWindows
+from rstitch_core.config import DEFAULT_THRESHOLD
+from rstitch_core.drafting.windows import DraftWindows
 from rstitch_core.events import Event, FinishEvent, SwitchEvent, TokenEvent
 from rstitch_core.models.loading import check_tokenizers, load_tokenizer
-from rstitch_core.policies.cost_aware import CostAwareControl
-from rstitch_core.prompts import check_request, encode_prompt
+from rstitch_core.drafting.cost_aware import CostAwareControl
+from rstitch_core.prompts import check_request
 from rstitch_core.sequence import Sequence
 from services.metrics import BUSY, CANCELLED, ERROR, INVALID, RequestRecorder, FrontendMetrics
 from services.protocol import finish_response, switch_response, tokens_response
 from services.request_parsing import NoRouter, ParsedRequest, parse_request
 from services.session import Releases, RemoteSession
 from services.shutdown import Drain
-from services.worker import WorkerBusy, resolve_model_source
+from services.worker import WorkerBusy, resolve_model_weights
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +55,12 @@ class Prepared:
 
 
 class Frontend:
-    """Serve ingress for `rstitch.v1.RStitch` (the method name matches the RPC name) and, through
-    `__serve_build_asgi_app__`, for the OpenAI HTTP API."""
+    """Serve ingress for `rstitch.v1.RStitch` (the method name matches the RPC name); served, the
+    OpenAI HTTP API is built over it too (services.app.ServedFrontend)."""
 
-    def __init__(self, slm, llm, slm_source: str | None, llm_source: str | None, default_threshold: float = 0.02,
-                 max_concurrent_requests: int = 64, shadow_prefill_tokens: int = 0, cost_profile: str | None = None):
+    def __init__(self, slm, llm, slm_source: str | None, llm_source: str | None, default_threshold: float = DEFAULT_THRESHOLD,
+                 max_concurrent_requests: int = 64, shadow_prefill_tokens: int = 0, cost_profile: str | None = None,
+                 served_model_name: str | None = None):
         self.handles = {"slm": slm, "llm": llm}
         self.releases = Releases(self.handles)
         self.default_threshold = default_threshold  # tau when a request leaves routing.threshold unset
@@ -67,25 +69,18 @@ class Frontend:
         self.shadow_prefill_tokens = shadow_prefill_tokens  # see RemoteSession
         self.cost_profile = _load_cost_profile(cost_profile)
         self.draft_windows = DraftWindows()  # drafting or plain decoding, by measured throughput at each load
-        sources = {m: resolve_model_source(s, m) for m, s in (("slm", slm_source), ("llm", llm_source))}
+        sources = {m: resolve_model_weights(s, m) for m, s in (("slm", slm_source), ("llm", llm_source))}
         slm_tokenizer = load_tokenizer(sources["slm"], "slm")
         self.tokenizer = load_tokenizer(sources["llm"], "llm")
         check_tokenizers(slm_tokenizer, self.tokenizer)  # a mismatched pair never serves a token
-        self.model_id = "+".join(_model_name(sources[m]) for m in ("slm", "llm"))  # the pair, as one model
+        # The pair, as one model; by default an id that is also a valid Hugging Face repo name, which
+        # harnesses may try to load a tokenizer by (a "+" in it made them fail before they fell back).
+        self.model_id = served_model_name or default_model_name(_model_name(sources["slm"]), _model_name(sources["llm"]))
         self.metrics = FrontendMetrics()
         self._pair: dict | None = None
         self._pair_lock = asyncio.Lock()
         self._tokenizing = ThreadPoolExecutor(1, thread_name_prefix="rstitch-tokenize")  # see prepare
         self.drain_state = Drain(WorkerUnavailable)  # rstitch serve drains it on SIGTERM/SIGINT
-
-    def __serve_build_asgi_app__(self):
-        """The HTTP front end, built by Serve once the replica is constructed (see app.build_app)."""
-        from services.http_door import HTTPDoor, api_key_from_env
-        from services.openai_api import build_http_app
-
-        app = build_http_app(self)
-        app.add_middleware(HTTPDoor, api_key=api_key_from_env())  # key, media type, size, slow bodies
-        return app
 
     async def drain(self, grace_s: float) -> dict:
         """Refuse new requests, give those in flight `grace_s` to finish, then cut the rest with
@@ -132,7 +127,7 @@ class Frontend:
 
     def _encode(self, parse: Callable[[dict], ParsedRequest], pair: dict) -> tuple[ParsedRequest, list[int]]:
         parsed = parse(pair)
-        ids = encode_prompt(self.tokenizer, parsed.prompt, parsed.messages)
+        ids = parsed.encode(self.tokenizer)
         check_request(ids, parsed.sampling.max_new_tokens, pair["max_context"], pair["vocab_size"])
         return parsed, ids
 
@@ -181,6 +176,16 @@ class Frontend:
         finally:
             self.active_requests -= 1
             session.release()
+
+    async def prompt_logprobs(self, prepared: Prepared, top: int) -> list:
+        """The LLM's log-probability of each prompt token (None for the first) with `top`
+        alternatives: an echoed completion's prompt. Raises WorkerUnavailable, or what the worker raised."""
+        try:
+            return await self.handles["llm"].prompt_logprobs.remote(prepared.prompt_ids, top)
+        except Exception as err:
+            if (unavailable := as_unavailable(err)) is not None:
+                raise unavailable from err
+            raise
 
     async def Generate(self, request: pb.GenerateRequest, grpc_context=None) -> AsyncIterator[pb.GenerateResponse]:
         """The gRPC front end: stream one generation; INVALID_ARGUMENT (naming the field) for a bad request."""
@@ -240,6 +245,14 @@ def as_unavailable(err: Exception) -> WorkerUnavailable | None:
     return None
 
 
+def default_model_name(slm: str, llm: str) -> str:
+    """"SLM-LLM" in the characters a Hugging Face repo name allows (no "--" or "..", no "-" or "."
+    at either end, at most 96 characters)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{slm}-{llm}")
+    name = re.sub(r"[-.]{2,}", lambda m: m.group(0)[0], name)[:96].strip("-.")
+    return name or "rstitch"
+
+
 def _model_name(source: str) -> str:
     """A model's short name: its folder or file name without .gguf, or a hub id's last part."""
     name = Path(source.rstrip("/")).name
@@ -275,7 +288,7 @@ def _load_cost_profile(path: str | None):
     """The serving cost profile (AppConfig.cost_profile), or None; logged so operators see it."""
     if path is None:
         return None
-    from rstitch_core.profile import CostProfile
+    from rstitch_core.drafting.profile import CostProfile
 
     profile = CostProfile.load(path)
     logger.info("cost profile %s (%s, %s): drafts are priced by it", path, profile.key.hardware, profile.key.dtype)

@@ -43,7 +43,7 @@ class MetricSpec:
                 "histogram": [f"{base}_bucket", f"{base}_sum", f"{base}_count"]}[self.kind]
 
 
-ROUTER_METRICS = {
+FRONTEND_METRICS = {
     "rstitch_tokens": MetricSpec("counter", "Tokens emitted, by the model that wrote them.", ("model",)),
     "rstitch_requests": MetricSpec("counter", "Requests by policy and outcome (a finish reason, "
                                    "invalid_argument, resource_exhausted, cancelled or error).", ("policy", "outcome")),
@@ -108,7 +108,7 @@ class FrontendMetrics:
     """Request-level metrics, recorded by the front end as it streams each request."""
 
     def __init__(self):
-        m = _make(ROUTER_METRICS)
+        m = _make(FRONTEND_METRICS)
         self.tokens, self.requests, self.switches = m["rstitch_tokens"], m["rstitch_requests"], m["rstitch_switches"]
         self.discarded = m["rstitch_discarded_tokens"]
         self.drafted, self.accepted = m["rstitch_drafted_tokens"], m["rstitch_accepted_tokens"]

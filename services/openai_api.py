@@ -1,9 +1,10 @@
 """The OpenAI-compatible HTTP front end of the Frontend: /v1/chat/completions, /v1/completions (server-
-sent events when `stream` is true), /v1/models and /health, on Serve's HTTP port beside gRPC.
+sent events when `stream` is true), /v1/models and /health, on Serve's HTTP port beside gRPC (the
+tokenizer endpoints and error handlers are in services.openai_routes).
 
 Every request takes the Frontend's one path (prepare -> stream): the same validation, concurrency
 limit, sessions, metrics and release as gRPC `Generate`. services.openai_protocol parses request
-bodies; ResponseWriter (below) turns the core's events into OpenAI chunks or one response.
+bodies; services.openai_writer turns each choice's core events into OpenAI chunks or a choice.
 """
 
 from __future__ import annotations
@@ -18,16 +19,15 @@ from typing import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from rstitch_core.events import Event, FinishEvent, FinishReason, TokenEvent
-from services.openai_protocol import Endpoint, FieldError, OpenAIRequest, UnknownModel, parse_openai
+from rstitch_core.events import Event, FinishEvent
+from services.openai_protocol import Endpoint, FieldError, OpenAIRequest, UnknownModel, error_body, parse_openai
+from services.openai_routes import add_error_handlers, add_tokenizer_routes
+from services.openai_writer import ChoiceWriter, usage
 from services.request_parsing import NoRouter
 from services.frontend import Frontend, ServerBusy, WorkerUnavailable
 
 logger = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 5.0
-# OpenAI knows two reasons: the model ended (EOS, a stop string) or a limit cut it (budget, context).
-FINISH_REASONS = {FinishReason.EOS: "stop", FinishReason.STOP: "stop", FinishReason.LENGTH: "length",
-                  FinishReason.CONTEXT: "length"}
 
 
 def build_http_app(frontend: Frontend) -> FastAPI:
@@ -39,6 +39,9 @@ def build_http_app(frontend: Frontend) -> FastAPI:
     app.add_api_route("/v1/models", api.models, methods=["GET"])
     app.add_api_route("/v1/chat/completions", api.chat, methods=["POST"])
     app.add_api_route("/v1/completions", api.completions, methods=["POST"])
+    app.add_api_route("/v1/models/{model:path}", api.model, methods=["GET"])
+    add_tokenizer_routes(app, frontend)
+    add_error_handlers(app)
     return app
 
 
@@ -58,8 +61,20 @@ class OpenAIFrontEnd:
         return JSONResponse({"status": "ok"})
 
     async def models(self) -> Response:
-        model = {"id": self.frontend.model_id, "object": "model", "created": 0, "owned_by": "rstitch"}
-        return JSONResponse({"object": "list", "data": [model]})
+        return JSONResponse({"object": "list", "data": [self._model_card()]})
+
+    async def model(self, model: str) -> Response:
+        """GET /v1/models/{id}: the served model, or 404 naming the one served."""
+        if model != self.frontend.model_id:
+            return error_response(UnknownModel("model", f"model {model!r:.80} is not served here; GET /v1/models "
+                                                        f"lists {self.frontend.model_id!r}"), None)
+        return JSONResponse(self._model_card())
+
+    def _model_card(self) -> dict:
+        card = {"id": self.frontend.model_id, "object": "model", "created": 0, "owned_by": "rstitch"}
+        if self.frontend._pair is not None:
+            card["max_model_len"] = self.frontend._pair["max_context"]
+        return card
 
     async def chat(self, request: Request) -> Response:
         return await self.complete(request, "chat")
@@ -68,46 +83,109 @@ class OpenAIFrontEnd:
         return await self.complete(request, "completion")
 
     async def complete(self, request: Request, endpoint: Endpoint) -> Response:
-        """One generation: the first event is awaited before answering, so that a request the front end
-        or a worker turns away gets its own status code (429, 503) instead of a broken stream."""
+        """One request, one generation per choice (n, a list of prompts): every choice's first
+        event is awaited before answering, so that a request the front end or a worker turns away
+        gets its own status code (429, 503) instead of a broken stream."""
         body = await request.body()
         frontend = self.frontend
         input_param = "messages" if endpoint == "chat" else "prompt"
+        opened: list[AsyncIterator[Event]] = []
+        streams: list[tuple[AsyncIterator[Event], Event]] = []  # each choice's events and its first one
         try:
-            prepared = await frontend.prepare(lambda pair: parse_openai(
-                body, endpoint, frontend.model_id, pair["max_context"], frontend.default_threshold, pair["router_tau"]))
+            parsed = await frontend.prepare(lambda pair: parse_openai(
+                body, endpoint, frontend.model_id, pair["max_context"], frontend.default_threshold, pair["router_tau"],
+                pair["vocab_size"]))
+            req: OpenAIRequest = parsed.request  # type: ignore[assignment] - parse_openai made it
+            choices = req.choices()
+            prepared = [parsed] if len(choices) == 1 else [await frontend.prepare(lambda _, c=c: c) for c in choices]
+            envelope = self._envelope(req)
+            writers = [await self._writer(p, envelope) for p in prepared]
+            for p in prepared:
+                events = frontend.stream(p)
+                opened.append(events)
+                streams.append((events, await anext(events)))
         except Exception as err:  # noqa: BLE001 - every failure becomes an OpenAI error object
+            for events in opened:  # the choices already admitted give their sessions back
+                await events.aclose()
             return error_response(err, input_param)
-        req: OpenAIRequest = prepared.request  # type: ignore[assignment] - parse_openai made it
-        events = frontend.stream(prepared)
-        try:
-            first = await anext(events)
-        except Exception as err:  # noqa: BLE001
-            return error_response(err, input_param)
-        writer = ResponseWriter(req, frontend.model_id)
+        prompt_tokens = sum(len(p.prompt_ids) for p in prepared[::req.n])  # each prompt once, as vLLM counts
         if req.stream:
-            return ClosingStreamingResponse(_sse(writer, first, events), media_type="text/event-stream")
-        async with aclosing(events):
-            try:
-                collected = [first] + [event async for event in events]
-            except Exception as err:  # noqa: BLE001
-                return error_response(err, input_param)
-        return JSONResponse(writer.response(collected))
-
-
-async def _sse(writer: ResponseWriter, first: Event, events: AsyncIterator[Event]) -> AsyncIterator[str]:
-    """Server-sent events: a `data:` line per chunk, an error object if the stream fails after its
-    start (the status line is gone by then, as in vLLM), and `data: [DONE]`."""
-    async with aclosing(events):
+            return ClosingStreamingResponse(_sse(req, envelope, writers, streams, prompt_tokens),
+                                            media_type="text/event-stream")
         try:
-            for chunk in writer.add(first):
-                yield _data(chunk)
-            async for event in events:
-                for chunk in writer.add(event):
-                    yield _data(chunk)
+            collected = await asyncio.gather(*(_collect(first, events) for events, first in streams))
         except Exception as err:  # noqa: BLE001
-            yield _data(error_status(err, None)[1])
+            return error_response(err, input_param)
+        answer = {**envelope, "object": "chat.completion" if endpoint == "chat" else "text_completion",
+                  "choices": [w.choice(events) for w, events in zip(writers, collected)]}
+        answer["usage"] = usage([next(e for e in events if isinstance(e, FinishEvent)) for events in collected],
+                                prompt_tokens)
+        if len(writers) == 1:
+            answer["rstitch"] = answer["choices"][0].pop("rstitch")  # one choice: at the top, as before n > 1
+        return JSONResponse(answer)
+
+    def _envelope(self, req: OpenAIRequest) -> dict:
+        kind = "chat.completion.chunk" if req.endpoint == "chat" else "text_completion"
+        return {"id": req.request_id, "object": kind, "created": int(time.time()), "model": self.frontend.model_id}
+
+    async def _writer(self, prepared, envelope: dict) -> ChoiceWriter:
+        """A choice's writer; an echoed completion's prompt text and, asked for, its logprobs (the LLM's)."""
+        req: OpenAIRequest = prepared.request
+        if not req.echo:
+            return ChoiceWriter(req, envelope, self.frontend.tokenizer)
+        ids = prepared.prompt_ids
+        text = self.frontend.tokenizer.decode(ids, skip_special_tokens=False) if req.prompt is None else req.prompt
+        top = req.sampling.logprobs
+        logprobs = None if top is None else await self.frontend.prompt_logprobs(prepared, top)
+        return ChoiceWriter(req, envelope, self.frontend.tokenizer, text, logprobs, ids)
+
+
+async def _collect(first: Event, events: AsyncIterator[Event]) -> list[Event]:
+    async with aclosing(events):
+        return [first] + [event async for event in events]
+
+
+async def _sse(req: OpenAIRequest, envelope: dict, writers: list[ChoiceWriter], streams: list,
+               prompt_tokens: int) -> AsyncIterator[str]:
+    """Server-sent events: a `data:` line per chunk (every choice's, as they come), usage last when
+    asked, an error object if the stream fails after its start (the status line is gone by then,
+    as in vLLM), and `data: [DONE]`."""
+    finishes: list[FinishEvent] = []
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(writer: ChoiceWriter, first: Event, events: AsyncIterator[Event]) -> None:
+        async with aclosing(events):
+            async for event in _prepend(first, events):
+                if isinstance(event, FinishEvent):
+                    finishes.append(event)
+                await queue.put(writer.add(event))
+
+    tasks = [asyncio.ensure_future(pump(w, first, events)) for w, (events, first) in zip(writers, streams)]
+    done = asyncio.gather(*tasks)
+    try:
+        while not (done.done() and queue.empty()):
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait([getter, done], return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                for chunk in getter.result():
+                    yield _data(chunk)
+            else:
+                getter.cancel()
+        done.result()  # raises a choice's failure
+        if req.include_usage:
+            yield _data({**envelope, "choices": [], "usage": usage(finishes, prompt_tokens)})
+    except Exception as err:  # noqa: BLE001
+        yield _data(error_status(err, None)[1])
+    finally:
+        for task in tasks:
+            task.cancel()
     yield "data: [DONE]\n\n"
+
+
+async def _prepend(first: Event, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    yield first
+    async for event in events:
+        yield event
 
 
 def _data(chunk: dict) -> str:
@@ -149,83 +227,3 @@ def error_status(err: Exception, input_param: str | None) -> tuple[int, dict]:
         return 503, error_body(str(err), "service_unavailable_error", code="worker_unavailable")
     logger.error("HTTP request failed", exc_info=err)
     return 500, error_body(f"internal error ({type(err).__name__}); the server log has the details", "internal_error")
-
-
-# ---- events -> OpenAI answers -------------------------------------------------------------------
-
-def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict:
-    """OpenAI's error object: what every OpenAI client parses for its exception's message."""
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-def usage(finish: FinishEvent) -> dict:
-    """OpenAI's usage, plus the LLM's share of the generated tokens and the switches between models."""
-    s = finish.stats
-    return {"prompt_tokens": s.prompt_tokens, "completion_tokens": s.generated_tokens,
-            "total_tokens": s.prompt_tokens + s.generated_tokens, "llm_token_share": s.llm_token_share,
-            "switches": s.switches_slm_to_llm + s.switches_llm_to_slm}
-
-
-def token_fields(tokens: list[TokenEvent]) -> dict:
-    """The "rstitch" extension of a chunk: which model wrote each of its tokens, at which entropy."""
-    return {"token_ids": [t.token_id for t in tokens], "sources": [t.source for t in tokens],
-            "entropies": [t.entropy for t in tokens]}
-
-
-class ResponseWriter:
-    """Core events -> OpenAI chunks (`add`) or one whole response (`response`), for one request."""
-
-    def __init__(self, req: OpenAIRequest, model_id: str):
-        self.req, self.model_id, self.created = req, model_id, int(time.time())
-        self.pending: list[TokenEvent] = []  # tokens whose text is still held back (partial character or stop)
-        self.started = False
-
-    def add(self, event: Event) -> list[dict]:
-        """The chunks one event completes: text as soon as it is final, tokens with their text."""
-        out = []
-        if not self.started and self.req.endpoint == "chat":
-            out.append(self._chunk({"role": "assistant", "content": ""}))  # OpenAI's first chunk names the role
-        self.started = True
-        if isinstance(event, TokenEvent):
-            self.pending.append(event)
-            if event.text:
-                out.append(self._chunk(self._delta(event.text), rstitch=token_fields(self.pending)))
-                self.pending = []
-        elif isinstance(event, FinishEvent):
-            extension = {**token_fields(self.pending), "finish_reason": event.reason.value}
-            out.append(self._chunk({} if self.req.endpoint == "chat" else self._delta(""),
-                                   FINISH_REASONS.get(event.reason, "stop"), rstitch=extension))
-            if self.req.include_usage:
-                out.append({**self._envelope(), "choices": [], "usage": usage(event)})
-        return out
-
-    def response(self, events: list[Event]) -> dict:
-        """The non-streaming answer: the whole text, usage, and every token's model and entropy."""
-        finish = next(e for e in events if isinstance(e, FinishEvent))
-        tokens = [e for e in events if isinstance(e, TokenEvent)]
-        choice = ({"message": {"role": "assistant", "content": finish.text}} if self.req.endpoint == "chat"
-                  else {"text": finish.text})
-        body = self._envelope(chunk=False)
-        body["choices"] = [{"index": 0, **choice, "logprobs": None,
-                            "finish_reason": FINISH_REASONS.get(finish.reason, "stop")}]
-        body["usage"] = usage(finish)
-        body["rstitch"] = {**token_fields(tokens), "finish_reason": finish.reason.value}
-        return body
-
-    def _envelope(self, chunk: bool = True) -> dict:
-        kind = {("chat", True): "chat.completion.chunk", ("chat", False): "chat.completion"}.get(
-            (self.req.endpoint, chunk), "text_completion")
-        return {"id": self.req.request_id, "object": kind, "created": self.created, "model": self.model_id}
-
-    def _delta(self, text: str) -> dict:
-        return {"content": text} if self.req.endpoint == "chat" else {"text": text}
-
-    def _chunk(self, delta: dict, finish_reason: str | None = None, rstitch: dict | None = None) -> dict:
-        choice = ({"index": 0, "delta": delta} if self.req.endpoint == "chat" else {"index": 0, **delta})
-        choice.update(logprobs=None, finish_reason=finish_reason)
-        chunk = {**self._envelope(), "choices": [choice]}
-        if self.req.include_usage:
-            chunk["usage"] = None  # OpenAI: every chunk but the last carries usage: null
-        if rstitch is not None:
-            chunk["rstitch"] = rstitch
-        return chunk

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass, fields
-from enum import Enum
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
-from rstitch_core.config import Policy, RoutingParams, SamplingParams
+from rstitch_core.config import ConfigError, RoutingParams, SamplingParams
+from rstitch_core.config import NoRouter as CoreNoRouter
 from rstitch_core.prompts import validate_messages
 from services import limits
+from services.openai_fields import MAX_CHOICES, chat_role, controls, logprobs_field, n_choices, refuse_unsupported
 from services.request_parsing import NoRouter, ParsedRequest
 
 Endpoint = Literal["chat", "completion"]
@@ -29,40 +30,77 @@ class FieldError(ValueError):
         self.param = param
 
 
+def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict:
+    """OpenAI's error object: what every OpenAI client parses for its exception's message."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 class UnknownModel(FieldError):
     """`model` names something this server does not serve (HTTP 404, as OpenAI and vLLM answer)."""
 
 
+Prompt = str | tuple[int, ...]  # text, or token ids
+
+
 @dataclass(frozen=True)
 class OpenAIRequest(ParsedRequest):
-    """A validated OpenAI request: the core's terms plus how to answer it."""
+    """A validated OpenAI request: the core's terms plus how to answer it. A request may ask for
+    several choices (n, a list of prompts): choices() gives one request per choice."""
 
     endpoint: Endpoint
     stream: bool
     include_usage: bool
+    n: int = 1
+    prompts: tuple[Prompt, ...] = ()  # completions: every prompt of the request
+    token_ids: tuple[int, ...] | None = None  # this choice's prompt, given as token ids
+    echo: bool = False  # completions: the prompt (and its logprobs) before the generated text
+    index: int = 0  # this choice's index in the answer
+
+    def encode(self, tokenizer) -> list[int]:
+        return list(self.token_ids) if self.token_ids is not None else super().encode(tokenizer)
+
+    def choices(self) -> list[OpenAIRequest]:
+        """One request per choice, in vLLM's order (each prompt's n choices together). Choice j of
+        a prompt samples with seed + j, so seeded choices differ yet are reproducible."""
+        prompts = self.prompts or (self.prompt,)
+        out = []
+        for i, prompt in enumerate(prompts):
+            for j in range(self.n):
+                seed = None if self.sampling.seed is None else (self.sampling.seed + j) % 2**63
+                text, ids = (prompt, None) if isinstance(prompt, str) or prompt is None else (None, prompt)
+                out.append(replace(self, prompt=text, token_ids=ids, index=i * self.n + j,
+                                   sampling=replace(self.sampling, seed=seed)))
+        return out
 
 
 def parse_openai(body: bytes, endpoint: Endpoint, model_id: str, max_context: int, default_threshold: float,
-                 router_tau: float | None) -> OpenAIRequest:
+                 router_tau: float | None, vocab_size: int | None = None) -> OpenAIRequest:
     """Validate a /v1/chat/completions or /v1/completions body. Unknown fields are ignored (as
-    vLLM does); a bad known one raises FieldError naming it, rstitch+ without a router NoRouter."""
+    vLLM does); a known one is honoured or refused (services.openai_fields): a bad or refused one
+    raises FieldError naming it, rstitch+ without a router NoRouter."""
     req = _json_object(body)
     model = req.get("model")
     if model is not None and model != model_id:
         raise UnknownModel("model", f"model {model!r:.80} is not served here; GET /v1/models lists {model_id!r}")
-    if req.get("n") not in (None, 1) or isinstance(req.get("n"), bool):  # True == 1 in Python
-        raise FieldError("n", f"n must be 1 (one choice per request), got {req['n']!r:.80}")
+    refuse_unsupported(req, endpoint, FieldError)
+    n = n_choices(req, FieldError)
     stream = _optional_bool(req, "stream", False)
     options = req.get("stream_options")
     if options is not None and not (isinstance(options, dict) and stream):
         raise FieldError("stream_options", f"stream_options must be an object, sent with stream: true; got "
                                            f"{options!r:.80} with stream: {json.dumps(stream)}")
     include_usage = _optional_bool(options or {}, "include_usage", False, "stream_options.")
-    prompt, messages = _parse_chat(req) if endpoint == "chat" else _parse_prompt(req)
+    prompts, messages = ((), _parse_chat(req)) if endpoint == "chat" else (_parse_prompts(req), None)
+    if len(prompts or [None]) * n > MAX_CHOICES:
+        raise FieldError("n", f"prompts x n must be <= {MAX_CHOICES} choices per request, got "
+                              f"{len(prompts)} x {n}")
     prefix = "chatcmpl" if endpoint == "chat" else "cmpl"
-    return OpenAIRequest(prompt, messages, _parse_sampling(req, max_context),
+    echo = endpoint == "completion" and _optional_bool(req, "echo", False)
+    first = prompts[0] if prompts else None
+    text, ids = (first, None) if first is None or isinstance(first, str) else (None, first)
+    return OpenAIRequest(text, messages, _parse_sampling(req, max_context, endpoint, vocab_size),
                          _parse_routing(req.get("rstitch"), default_threshold, router_tau),
-                         f"{prefix}-{uuid.uuid4().hex}", endpoint, stream, include_usage)
+                         f"{prefix}-{uuid.uuid4().hex}", endpoint, stream, include_usage, n, prompts, ids, echo)
 
 
 def _json_object(body: bytes) -> dict:
@@ -87,14 +125,14 @@ def _optional_bool(obj: dict, name: str, default: bool, path: str = "") -> bool:
     return value
 
 
-def _parse_chat(req: dict) -> tuple[None, list[dict]]:
+def _parse_chat(req: dict) -> list[dict]:
     raw = req.get("messages")
     if raw is None:
         raise FieldError("messages", "messages is required")
     if isinstance(raw, list):
         _checked("messages", lambda: limits.check_messages(raw))
         raw = [_chat_message(i, m) for i, m in enumerate(raw)]
-    return None, _checked("messages", lambda: validate_messages(raw))
+    return _checked("messages", lambda: validate_messages(raw))
 
 
 def _chat_message(i: int, m: Any) -> Any:
@@ -109,22 +147,35 @@ def _chat_message(i: int, m: Any) -> Any:
                 raise FieldError(f"messages[{i}].content[{j}]", f"messages[{i}].content[{j}] must be a "
                                  f"text part {{'type': 'text', 'text': str}}, got {part!r:.80}")
         content = "".join(part["text"] for part in content)
-    return {k: v for k, v in (("role", m.get("role")), ("content", content)) if k in m}
+    role = chat_role(i, m.get("role"), FieldError)
+    return {k: v for k, v in (("role", role), ("content", content)) if k in m}
 
 
-def _parse_prompt(req: dict) -> tuple[str, None]:
+def _parse_prompts(req: dict) -> tuple[Prompt, ...]:
+    """OpenAI's prompt forms: a string, token ids, or a list of either (a batch)."""
     prompt = req.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1:
-        prompt = prompt[0]  # OpenAI's batch form, with one prompt
-    if not isinstance(prompt, str):
-        raise FieldError("prompt", f"prompt must be a string (or a list holding one string), got {prompt!r:.80}")
-    _checked("prompt", lambda: limits.check_prompt(prompt, "prompt"))
-    if not prompt.strip():
-        raise FieldError("prompt", f"prompt must be a non-empty string, got {prompt!r:.80}")
-    return prompt, None
+    batch = prompt if isinstance(prompt, list) and prompt and not _is_token(prompt[0]) else [prompt]
+    out: list[Prompt] = []
+    for i, p in enumerate(batch):
+        param = "prompt" if len(batch) == 1 else f"prompt[{i}]"
+        if isinstance(p, list) and p and all(_is_token(t) for t in p):
+            _checked(param, lambda: limits.check_prompt(p, param))  # a token id counts as a character
+            out.append(tuple(p))
+            continue
+        if not isinstance(p, str):
+            raise FieldError(param, f"{param} must be a string, a list of token ids or a list of either, got {p!r:.80}")
+        _checked(param, lambda: limits.check_prompt(p, param))
+        if not p.strip():
+            raise FieldError(param, f"{param} must be a non-empty string, got {p!r:.80}")
+        out.append(p)
+    return tuple(out)
 
 
-def _parse_sampling(req: dict, max_context: int) -> SamplingParams:
+def _is_token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _parse_sampling(req: dict, max_context: int, endpoint: Endpoint, vocab_size: int | None) -> SamplingParams:
     """The core's SamplingParams, each field checked alone so its error names the OpenAI field."""
     budget = "max_completion_tokens" if req.get("max_completion_tokens") is not None else "max_tokens"
     stop = req.get("stop")
@@ -149,7 +200,12 @@ def _parse_sampling(req: dict, max_context: int) -> SamplingParams:
     # Unset: the room left in the context window (vLLM's default), and OpenAI's temperature.
     chosen.setdefault("max_new_tokens", max_context)
     chosen.setdefault("temperature", UNSET_TEMPERATURE)
-    return SamplingParams(**chosen, stop=tuple(stop or ()))
+    chosen["logprobs"] = logprobs_field(req, endpoint, FieldError)
+    chosen.update(controls(req, vocab_size, FieldError))
+    try:
+        return SamplingParams(**chosen, stop=tuple(stop or ()))
+    except ConfigError as err:  # what only the fields together break (min_tokens above the budget)
+        raise FieldError(err.field, str(err)) from None
 
 
 def _sampling_field(core: str, param: str, value: Any) -> None:
@@ -157,39 +213,25 @@ def _sampling_field(core: str, param: str, value: Any) -> None:
         raise FieldError(param, f"{param} must be a number, got {json.dumps(value)}")
     try:
         SamplingParams(**{core: value})
-    except ValueError as err:
+    except ConfigError as err:  # the core names its own field; the client knows it as `param`
         raise FieldError(param, str(err).replace(core, param, 1)) from None
 
 
 def _parse_routing(ext: Any, default_threshold: float, router_tau: float | None) -> RoutingParams:
-    """The "rstitch" extension object: any RoutingParams field, checked as gRPC checks routing."""
-    accepted = [f.name for f in fields(RoutingParams)]
+    """The "rstitch" extension object: any RoutingParams field, resolved as gRPC resolves routing."""
     if ext is None:
         ext = {}
     if not isinstance(ext, dict):
+        accepted = [f.name for f in fields(RoutingParams)]
         raise FieldError("rstitch", f"rstitch must be an object with fields {accepted}, got {ext!r:.80}")
-    unknown = sorted(set(ext) - set(accepted))
-    if unknown:
-        raise FieldError("rstitch", f"rstitch: unknown field {unknown[0]!r}; accepted: {', '.join(accepted)}")
-    values = {name: value for name, value in ext.items() if value is not None}
-    defaults = RoutingParams()
-    for name, value in values.items():
-        default = getattr(defaults, name)
-        if isinstance(default, Enum):  # policy, acceptance: their own parse names the accepted values
-            values[name] = _checked(f"rstitch.{name}", lambda: type(default).parse(value), f"rstitch.{name}: ")
-        else:
-            _checked(f"rstitch.{name}", lambda: RoutingParams(**{name: value}), "rstitch.")
-    threshold = default_threshold
-    if values.get("policy") is Policy.RSTITCH_PLUS:
-        if "threshold" in values:
-            tau = "" if router_tau is None else f" = {router_tau:g}"
-            raise FieldError("rstitch.threshold", f"rstitch.threshold must be unset for policy rstitch+ (it runs "
-                                                  f"at its router's tau{tau}), got {values['threshold']!r:.80}")
-        if router_tau is None:
-            raise NoRouter("rstitch.policy rstitch+: this server holds no router; start it with --router PATH "
-                           "(rstitch serve) or set router in the Serve config")
-        threshold = router_tau
-    return RoutingParams(**{"threshold": threshold, **values})
+    try:
+        return RoutingParams.resolve(router_tau, default_threshold, **ext)
+    except CoreNoRouter:
+        raise NoRouter("rstitch.policy rstitch+: this server holds no router; start it with --router PATH "
+                       "(rstitch serve) or set router in the Serve config") from None
+    except ConfigError as err:
+        err = err.under("rstitch.")
+        raise FieldError(err.field, str(err)) from None
 
 
 def _checked(param: str | None, check, prefix: str = ""):

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 from rstitch.v1 import rstitch_pb2 as pb
-from rstitch_core.config import Policy, RoutingParams, SamplingParams
-from rstitch_core.prompts import validate_messages
+from rstitch_core.config import DEFAULT_THRESHOLD, ConfigError, RoutingParams, SamplingParams
+from rstitch_core.config import NoRouter as CoreNoRouter
+from rstitch_core.prompts import encode_prompt, validate_messages
 from services import limits
 from services.protocol import ACCEPTANCES, POLICIES
 
@@ -27,6 +28,10 @@ class ParsedRequest:
     sampling: SamplingParams
     routing: RoutingParams
     request_id: str
+
+    def encode(self, tokenizer) -> list[int]:
+        """The prompt's token ids (ValueError for an empty prompt or one the template refuses)."""
+        return encode_prompt(tokenizer, self.prompt, self.messages)
 
 
 class NoRouter(RuntimeError):
@@ -121,31 +126,29 @@ def _parse_routing(r: pb.RoutingParams, default_threshold: float | None, router_
     if r.policy not in POLICIES:
         accepted = ", ".join(f"{n} ({pb.Policy.Name(n)})" for n in POLICIES)
         raise ValueError(f"routing.policy: unknown value {r.policy}; accepted: {accepted}")
-    if POLICIES[r.policy] is Policy.RSTITCH_PLUS:
-        if r.HasField("threshold"):
-            raise ValueError(f"routing.threshold must be unset for POLICY_RSTITCH_PLUS (it runs at its router's "
-                             f"tau{'' if router_tau is None else f' = {router_tau:g}'}), got {r.threshold:g}")
-        if router_tau is None:
-            raise NoRouter("POLICY_RSTITCH_PLUS: this server holds no router; start it with --router PATH "
-                           "(rstitch serve) or set router in the Serve config")
-        default_threshold = router_tau
     if r.acceptance not in ACCEPTANCES:
         accepted = ", ".join(f"{n} ({pb.Acceptance.Name(n)})" for n in ACCEPTANCES)
         raise ValueError(f"routing.acceptance: unknown value {r.acceptance}; accepted: {accepted}")
-    d = RoutingParams()
-    return _prefixed("routing.", lambda: RoutingParams(
-        policy=POLICIES[r.policy],
-        threshold=(_float32(r.threshold) if r.HasField("threshold")
-                   else d.threshold if default_threshold is None else default_threshold),
-        draft_tokens=r.draft_tokens if r.HasField("draft_tokens") else d.draft_tokens,
-        acceptance=ACCEPTANCES[r.acceptance],
-        relaxed_ratio=_float32(r.relaxed_ratio) if r.HasField("relaxed_ratio") else d.relaxed_ratio))
+    fields = {"policy": POLICIES[r.policy], "acceptance": ACCEPTANCES[r.acceptance],
+              "threshold": _float32(r.threshold) if r.HasField("threshold") else None,
+              "draft_tokens": r.draft_tokens if r.HasField("draft_tokens") else None,
+              "relaxed_ratio": _float32(r.relaxed_ratio) if r.HasField("relaxed_ratio") else None}
+    try:
+        return _prefixed("routing.", lambda: RoutingParams.resolve(
+            router_tau, DEFAULT_THRESHOLD if default_threshold is None else default_threshold, **fields))
+    except CoreNoRouter:
+        raise NoRouter("POLICY_RSTITCH_PLUS: this server holds no router; start it with --router PATH "
+                       "(rstitch serve) or set router in the Serve config") from None
 
 
 def _prefixed(path: str, build: Callable[[], T]) -> T:
-    """Run a core validation and put the proto field path in front of its error message."""
+    """Run a core validation and put the proto field path in front of its error (and its field)."""
     try:
         return build()
+    except CoreNoRouter:
+        raise
+    except ConfigError as err:
+        raise err.under(path) from None
     except ValueError as err:
         raise ValueError(f"{path}{err}") from None
 

@@ -93,7 +93,8 @@ class RemoteSession:
                 async for item in self.handles[model].options(stream=True).run.remote(self._call(model, op)):
                     if "token" in item:
                         streamed = True
-                        yield self.seq.append(item["token"], item["source"], item["entropy"])
+                        yield self.seq.append(item["token"], item["source"], item["entropy"],
+                                              item.get("logprob"), item.get("top_logprobs"))
                         if model == "slm":
                             self._maybe_shadow_prefill()
                     else:

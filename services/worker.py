@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Generator
 
 import torch
 
 from rstitch_core.config import Policy
 from rstitch_core.events import ModelStats, Source
+from rstitch_core.logits_processors import prompt_logprobs_phase
+from rstitch_core.models.backend import ForwardOutput, PassRequest
 from rstitch_core.models.llamacpp import MAX_SEQUENCES as LLAMACPP_MAX_SEQUENCES
 from rstitch_core.models.loading import BACKEND_CHOICES, load_model, resolve_backend
 from rstitch_core.models.prefill import PrefillSpec
-from rstitch_core.models.scheduler import BatchedRunner
+from rstitch_core.models.step_engine import DROPPED, Budget, StepEngine
 from rstitch_core.policies.phases import run_phase
 from rstitch_core.sampling import Sampler
 from rstitch_core.sequence import ModelState, Sequence
@@ -43,7 +43,7 @@ LLAMACPP_MAX_CACHED_TOKENS = 65_536
 class WorkerConfig:
     """How a worker loads its model and bounds its memory."""
 
-    source: str | None  # None: the embedded default pair's model for this role
+    weights: str | None  # folder, .gguf file or cached id; None: the embedded default pair's model for this role
     backend: str = "auto"  # torch | llamacpp | auto (resolved on the worker's node: models.loading.resolve_backend)
     dtype: str = "auto"  # torch: resolved on the worker's node (rstitch_core.models.loading.resolve_dtype)
     prefill: str = "off"  # "DTYPE[:N]": long passes on a copy in DTYPE (rstitch_core/models/prefill.py)
@@ -53,11 +53,10 @@ class WorkerConfig:
     threads: int | None = None  # CPU threads of a pass (torch or llama.cpp); None: every core this process may use
     router: str | None = None  # SLM only: an R-Stitch+ router file, consulted in rstitch+ turns
     batching: bool = True  # run concurrent sessions' passes as one batched pass per step
-    batch_linger_s: float = 0.02  # how long a step waits for the previous step's sessions
+    max_batch_tokens: int = 8192  # tokens one step feeds (a longer single pass runs alone)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.batch_linger_s, (int, float)) or not 0 <= self.batch_linger_s <= 1:
-            raise ValueError(f"batch_linger_s must be a number of seconds in [0, 1], got {self.batch_linger_s!r}")
+        Budget(self.max_sessions, self.max_batch_tokens)  # raises ValueError quoting a bad value
         if not isinstance(self.max_sessions, int) or self.max_sessions < 1:
             raise ValueError(f"max_sessions must be an integer >= 1, got {self.max_sessions!r}")
         if not isinstance(self.max_cached_tokens, int) or self.max_cached_tokens < 1:
@@ -96,17 +95,18 @@ class ModelWorker:
             device = "cuda:0" if torch.cuda.is_available() else "cpu"
         backend = config.backend
         if backend == "auto":
-            backend, _ = resolve_backend(backend, [config.source or "default.gguf"], device)
-        source = resolve_model_source(config.source, self.role, backend)
+            backend, _ = resolve_backend(backend, [config.weights or "default.gguf"], device)
+        weights = resolve_model_weights(config.weights, self.role, backend)
         # llama.cpp allocates its KV memory up front: as many positions as the store may hold, bounded
-        base = load_model(source, config.dtype, device, name=self.role, prefill=PrefillSpec.parse(config.prefill),
+        base = load_model(weights, config.dtype, device, name=self.role, prefill=PrefillSpec.parse(config.prefill),
                           backend=backend, threads=threads, max_sequences=config.max_sessions,
                           context_tokens=min(config.max_cached_tokens, LLAMACPP_MAX_CACHED_TOKENS))
         why_not = base.batching_off_reason() if config.batching else "batching is off"
-        # Batched: each session's loop runs in its own thread and blocks in forward() until the
-        # scheduler's next batched pass; unbatched: one pass at a time on one thread.
         self.metrics = WorkerMetrics(self.role)
-        self.runner = BatchedRunner(base, config.batch_linger_s, self.metrics.step) if why_not is None else base
+        self.model = base
+        # One loop runs every session's passes (batched unless why_not); sessions have no thread.
+        self.engine = StepEngine(base, Budget(config.max_sessions, config.max_batch_tokens), batched=why_not is None,
+                                 on_step=self.metrics.step).start()
         self.batching_off_reason = why_not
         self.router = None
         if config.router is not None:
@@ -115,73 +115,90 @@ class ModelWorker:
             from rstitch_core.router import LearnedRouter
 
             # Running it here, next to the hidden states, costs no extra round trip.
-            self.router = LearnedRouter.load(config.router, slm=self.runner)
+            self.router = LearnedRouter.load(config.router, slm=base)
         max_cached = min(config.max_cached_tokens, getattr(base, "capacity", config.max_cached_tokens))
         self.store = SessionStore(self.role, config.max_sessions, max_cached, self._new_session,
                                   on_change=self.metrics.state, on_evict=self.metrics.evicted)
         self.shadow_counters = ShadowCounters()
         self.replica = _replica_id() or "local"  # reported with each call: the front end batches releases by it
-        # Forward passes block; running them off the event loop keeps streams, cancellations
-        # and other sessions' calls flowing while a pass runs.
-        threads = config.max_sessions if why_not is None else 1
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{self.role}-session")
 
     async def info(self) -> dict:
         """What the front end needs to know about this model."""
-        return {"role": self.role, "eos_token_ids": sorted(self.runner.eos_token_ids),
+        return {"role": self.role, "eos_token_ids": sorted(self.model.eos_token_ids),
                 "router_tau": self.router.config.tau if self.router is not None else None,
-                "max_context": self.runner.max_context, "vocab_size": self.runner.vocab_size,
-                "device": str(self.runner.device)}
+                "max_context": self.model.max_context, "vocab_size": self.model.vocab_size,
+                "device": str(self.model.device)}
 
     async def run(self, call: TurnCall) -> AsyncIterator[dict]:
         """Run call.op on this session's cache: stream each token it keeps as {"token", "source",
         "entropy"} and finish with {"end": True, "result": Drafted | Verdict, ...} (see _end).
 
-        The phase runs ahead on its own thread, one pass after another, while the tokens it kept
-        are streamed: the next pass does not wait for the previous token to reach the front end
-        (served over gRPC, that wait was ~25 ms of every 84 ms llama.cpp decode step, measured)."""
+        The engine runs the phase's passes back to back, each in the step that batches every
+        session's waiting pass, while the tokens it kept are streamed: the next pass does not wait
+        for the previous token to reach the front end (served over gRPC, that wait was ~25 ms of
+        every 84 ms llama.cpp decode step, measured)."""
         session, rebuilt = self.store.checkout(call)
-        stop = threading.Event()
+        task = None
         try:
             router = self.router if call.routing.policy is Policy.RSTITCH_PLUS else None
             phase = run_phase(call.op, session.seq, session.state, session.sampler, router)
-            events: asyncio.Queue = asyncio.Queue()
-            session.forward = self._executor.submit(self._produce, session, phase, call.session_id, stop,
-                                                    asyncio.get_running_loop(), events)
-            while (event := await events.get()) is not _RELEASED:
-                done, value = event
+            events, task = self._submit(session, phase, call.session_id)
+            while True:
+                done, value = await events.get()
+                if not done:
+                    yield {"token": value.token_id, "source": value.source, "entropy": value.entropy,
+                           "logprob": value.logprob, "top_logprobs": value.top_logprobs}
+                    continue
+                if value is DROPPED:  # the session was released while its phase ran: no result
+                    return
                 if isinstance(value, BaseException):
                     raise value
-                if done:
-                    yield {**self._end(session, rebuilt), "result": value}
-                    return
-                yield {"token": value.token_id, "source": value.source, "entropy": value.entropy}
+                yield {**self._end(session, rebuilt), "result": value}
+                return
         except asyncio.CancelledError:
             self._cancelled(call)
             raise
         finally:
-            stop.set()  # a phase still running stops after its pass; checkin waits for that
+            if task is not None:
+                self.engine.cancel(task)  # a phase still running stops after its pass; checkin waits for that
             self.store.checkin(session)
 
-    def _produce(self, session: Session, phase, session_id: str, stop: threading.Event, loop, events) -> None:
-        """The phase's passes back to back (an executor thread), each event handed to the loop.
-        Serve does not always cancel a call when the front end's request is cancelled (one it
-        cancels ends in _cancelled): once the session is released (its request is over), or the
-        call has gone away (stop), no further pass runs for it."""
-        def hand(item) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, item)
+    def _submit(self, session: Session, phase, session_id: str):
+        """Hand `phase` to the engine; its tokens (False, event) and its end (True, result, error or
+        DROPPED) arrive on the returned queue. Serve does not always cancel a call when the front
+        end's request is cancelled (one it cancels ends in _cancelled): once the session is released
+        (its request is over), no further pass runs for it."""
+        loop, events = asyncio.get_running_loop(), asyncio.Queue()
 
+        def hand(item) -> None:  # on the engine's thread
+            if not loop.is_closed():  # else the call is long gone: nobody listens
+                loop.call_soon_threadsafe(events.put_nowait, item)
+
+        task = self.engine.submit(phase, on_event=lambda event: hand((False, event)),
+                                  on_end=lambda value: hand((True, value)),
+                                  alive=lambda: not self.store.is_released(session_id))
+        session.forward = task.done
+        return events, task
+
+    async def prompt_logprobs(self, token_ids: list[int], top: int) -> list:
+        """Each prompt token's log-probability under this model given those before it, with `top`
+        alternatives (None for the first): one pass over the prompt on a cache of its own, outside
+        any session (an echoed completion's prompt), scheduled in the engine's steps like any pass."""
+        loop = asyncio.get_running_loop()
+        ended = loop.create_future()
+
+        def hand(value) -> None:  # on the engine's thread
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(lambda: ended.done() or ended.set_result(value))
+
+        task = self.engine.submit(prompt_logprobs_phase(self.engine, token_ids, top), lambda _: None, hand)
         try:
-            while not stop.is_set() and not self.store.is_released(session_id):
-                done, value = _advance(phase)
-                if done:
-                    session.state.idle()  # the batched runner need not wait for this session's next pass
-                hand((done, value))
-                if done:
-                    return
-            hand(_RELEASED)
-        except BaseException as err:  # noqa: BLE001 - raised again by the call that streams
-            hand((True, err))
+            value = await ended
+        finally:
+            self.engine.cancel(task)  # the client went away: the pass need not run
+        if isinstance(value, BaseException):
+            raise value
+        return value
 
     async def prefill(self, call: TurnCall) -> dict:
         """Shadow prefill: feed what the cache lacks of the sequence, all but its last token, while
@@ -195,15 +212,21 @@ class ModelWorker:
         return reply
 
     async def _one_pass(self, call: TurnCall, key: str, work) -> dict:
+        """Run `work(session)` (a phase returning a value, e.g. a shadow prefill) on the engine."""
         session, rebuilt = self.store.checkout(call)
+        task = None
         try:
-            result = await self._in_thread(session, work, session)
-            session.state.idle()
-            return {**self._end(session, rebuilt), key: result}
+            events, task = self._submit(session, work(session), call.session_id)
+            done, result = await events.get()
+            if isinstance(result, BaseException):
+                raise result
+            return {**self._end(session, rebuilt), key: 0 if result is DROPPED else result}
         except asyncio.CancelledError:
             self._cancelled(call)
             raise
         finally:
+            if task is not None:
+                self.engine.cancel(task)
             self.store.checkin(session)
 
     def _cancelled(self, call: TurnCall) -> None:
@@ -232,14 +255,14 @@ class ModelWorker:
                 "freed_at": store.freed_at,
                 "rss_bytes": psutil.Process().memory_info().rss, **asdict(store.counters),
                 **asdict(self.shadow_counters),
-                "batching": asdict(self.runner.stats) if isinstance(self.runner, BatchedRunner) else None,
-                "slots_in_use": self.runner.pool.slots_in_use if isinstance(self.runner, BatchedRunner) else None}
+                "batching": asdict(self.engine.stats) if self.batching_off_reason is None else None,
+                "slots_in_use": self.engine.slots_in_use}
 
     def _new_session(self, call: TurnCall) -> Session:
         """An empty session for the call's request (the store brings it in line with the call)."""
         prompt = call.token_ids[:call.prompt_len]
-        seq = Sequence.create(prompt, call.sampling, self.runner.tokenizer, call.eos_token_ids, call.max_context)
-        return Session(seq, ModelState(self.role, self.runner, ModelStats()), Sampler(call.sampling))
+        seq = Sequence.create(prompt, call.sampling, self.model.tokenizer, call.eos_token_ids, call.max_context)
+        return Session(seq, ModelState(self.role, self.engine, ModelStats()), Sampler(call.sampling))
 
     def _end(self, session: Session, rebuilt: bool) -> dict:
         self.metrics.call(session.state.stats.prefill_tokens, rebuilt)
@@ -250,19 +273,15 @@ class ModelWorker:
 
     def _batch_rows(self) -> int:
         """Rows in this worker's last batched pass (1 unbatched): what a draft is priced at."""
-        return self.runner.stats.last_batch_rows if isinstance(self.runner, BatchedRunner) else 1
-
-    async def _in_thread(self, session: Session, fn, *args):
-        session.forward = self._executor.submit(fn, *args)
-        return await asyncio.wrap_future(session.forward)
+        return self.engine.stats.last_batch_rows if self.batching_off_reason is None else 1
 
 
-def resolve_model_source(source: str | None, role: Source, backend: str = "torch") -> str:
-    """A model source, or for None the embedded default pair's model as `backend` runs it (assembled
-    on this node)."""
-    if source is not None:
-        return source
-    from rstitch_core.assets import ensure_default_pair
+def resolve_model_weights(weights: str | None, role: Source, backend: str = "torch") -> str:
+    """`weights` as given, or for None the embedded default pair's model as `backend` runs it
+    (assembled on this node)."""
+    if weights is not None:
+        return weights
+    from rstitch_core.assets import ensure_default_pair  # only without weights: it imports the asset packages
 
     slm, llm = ensure_default_pair(progress=False, backend=backend)
     return str(slm if role == "slm" else llm)
@@ -277,23 +296,12 @@ def _replica_id() -> str | None:
         return None
 
 
-def _shadow_prefill(state: ModelState, token_ids: list[int]) -> int:
+def _shadow_prefill(state: ModelState, token_ids: list[int]) -> Generator[PassRequest, ForwardOutput, int]:
     """Feed token_ids[num_cached:-1] (if any) in one pass; returns how many tokens were fed."""
     fed = len(token_ids) - 1 - state.num_cached
     if fed > 0:
-        state.step(token_ids[:-1], turn_start=True)
+        yield from state.step(token_ids[:-1], turn_start=True)
     return max(fed, 0)
-
-
-_RELEASED = object()  # the session was released while its phase ran: the call ends without a result
-
-
-def _advance(turn) -> tuple[bool, object]:
-    """next() that also returns the generator's return value: (done, event or return value)."""
-    try:
-        return False, next(turn)
-    except StopIteration as stop:
-        return True, stop.value
 
 
 class SLMWorker(ModelWorker):

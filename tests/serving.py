@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import socket
+from waiting import eventually
 
 # Greedy on the tiny pair (tests/tiny_models.py), no policy ends this prompt within HOLD_TOKENS
 # (the SLM ends "the quick brown fox" after 55): a stream opened with it is still running when a
 # test cancels it or probes the workers, however fast the machine is.
 HOLD_PROMPT = "hold this session"
 HOLD_TOKENS = 480
+
+
+def openai_client(http: str):
+    """The real `openai` client on an HTTP API's URL, without retries: a 429 or 503 reaches the test
+    as it was answered."""
+    import openai
+
+    return openai.OpenAI(base_url=f"{http}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 def free_port() -> int:
@@ -45,14 +54,11 @@ def evict_llm_sessions() -> bool:
 
 def wait_until_released(timeout: float) -> list[dict]:
     """state() of every worker replica, polled until none holds a session or a KV slot (or timeout)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
+    def released():
         states = [*worker_states("SLMWorker").values(), *worker_states("LLMWorker").values()]
-        if all(s["sessions"] == 0 and not s["slots_in_use"] for s in states) or time.monotonic() > deadline:
-            return states
-        time.sleep(0.1)
+        return states if all(s["sessions"] == 0 and not s["slots_in_use"] for s in states) else None
+
+    return eventually(released, timeout, interval=0.1)
 
 
 class LocalFrontend:
@@ -75,6 +81,22 @@ class LocalFrontend:
 
         self.server, port = self.call(start())
         self.address = f"127.0.0.1:{port}"
+        self.http: str | None = None  # the OpenAI API's URL once serve_http() ran
+        self._http_server = None
+
+    def serve_http(self) -> str:
+        """Also serve the OpenAI HTTP API (services.openai_api) on a free port of this loop; its URL."""
+        import uvicorn
+
+        from services.openai_api import build_http_app
+
+        port = free_port()
+        self._http_server = uvicorn.Server(uvicorn.Config(build_http_app(self.frontend), host="127.0.0.1", port=port,
+                                                          log_level="warning", lifespan="off"))
+        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._http_server.serve()))
+        eventually(lambda: self._http_server.started, message=lambda: "the HTTP server did not start")
+        self.http = f"http://127.0.0.1:{port}"
+        return self.http
 
     def call(self, coroutine, timeout: float = 300):
         """Run a coroutine on the front end's loop and wait for its result."""
@@ -89,6 +111,8 @@ class LocalFrontend:
         return self.call(read())
 
     def close(self) -> None:
+        if self._http_server is not None:
+            self._http_server.should_exit = True
         self.call(self.server.stop(None))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=60)

@@ -44,6 +44,16 @@ class PassRequest:
     hidden: bool = False
 
 
+class CacheSource(Protocol):
+    """Where a sequence's cache comes from and goes back to: a ModelBackend, or a worker's StepEngine."""
+
+    def new_cache(self) -> Cache:
+        """An empty cache for one sequence."""
+
+    def release(self, cache: Cache) -> None:
+        """The sequence is gone: free what its cache holds."""
+
+
 class BatchPool(Protocol):
     """Caches that can share one batched pass: a worker allocates every session's cache here."""
 
@@ -102,6 +112,14 @@ class ModelBackend(Protocol):
     def filled_cache(self, num_tokens: int, pool: BatchPool | None = None) -> Cache:
         """A cache (from `pool`, else a new one) holding `num_tokens` positions, for timing passes at
         that context: contents do not matter, only the shape (the profiler's)."""
+
+
+def model_id(config) -> str:
+    """The shapes that set a model's pass time, from its config: 'qwen2-l28-h1536-i8960-a12-kv2-v151936'."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return (f"{config.model_type}-l{config.num_hidden_layers}-h{config.hidden_size}-i{config.intermediate_size}"
+            f"-a{config.num_attention_heads}-kv{kv_heads}-v{config.vocab_size}")
 
 
 def check_pass(name: str, cache: Cache, token_ids: Sequence[int], num_logits: int) -> None:

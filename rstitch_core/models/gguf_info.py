@@ -48,6 +48,6 @@ class GGUFInfo:
 
     @property
     def model_id(self) -> str:
-        """Like rstitch_core.profile.model_id, plus the quantization: 'qwen2-l28-h1536-...-v151936-Q4_K_M'."""
+        """Like rstitch_core.models.backend.model_id, plus the quantization: 'qwen2-l28-h1536-...-v151936-Q4_K_M'."""
         return (f"{self.arch}-l{self.layers}-h{self.hidden}-i{self.ffn}-a{self.heads}-kv{self.kv_heads}"
                 f"-v{self.vocab}-{self.file_type}")

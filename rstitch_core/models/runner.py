@@ -9,7 +9,8 @@ from typing import Sequence
 import torch
 from transformers import DynamicCache
 
-from rstitch_core.models.backend import ForwardOutput, check_pass
+from rstitch_core.models.backend import ForwardOutput, check_pass, model_id
+from rstitch_core.models.batched import TorchBatchPool, supports_batching
 from rstitch_core.models.prefill import CastKV, PrefillCopy
 
 __all__ = ["ForwardOutput", "KVCache", "ModelRunner", "eos_token_ids"]
@@ -55,8 +56,6 @@ class ModelRunner:
 
     @property
     def model_id(self) -> str:
-        from rstitch_core.profile import model_id  # profile.py prices passes; it never needs a runner
-
         return model_id(self.model.config)
 
     @property
@@ -75,13 +74,9 @@ class ModelRunner:
 
     def batch_pool(self):
         """A SlotKV pool whose passes run as one (models/batched.py)."""
-        from rstitch_core.models.batched import TorchBatchPool
-
         return TorchBatchPool(self)
 
     def batching_off_reason(self) -> str | None:
-        from rstitch_core.models.batched import supports_batching
-
         return supports_batching(self.model)
 
     def filled_cache(self, num_tokens: int, pool=None):

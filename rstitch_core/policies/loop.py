@@ -8,7 +8,7 @@ and writes the next token itself. The settings make it each policy:
   llm          -             -                       - / 0 (the LLM decodes alone)        always
   rstitch(+)   trusted       H > tau: discarded      unbounded / 0                        its H > tau
   speculative  provisional   never                   k / k                                never
-  verified     provisional   after the first H > tau k / LLM_LEAD_DRAFT                   its H > tau
+  verified     provisional   after the first H > tau k / LLM_LEAD_LIMIT                   its H > tau
 
 `decode` never touches a model: it yields ops (DraftOp, VerifyOp) whose results come back through
 send(), plus Rollback and Handoff notes for the driver. `run_local` drives it in-process; the
@@ -22,13 +22,14 @@ from typing import Generator, Iterator, Protocol
 
 from rstitch_core.config import Policy, RoutingParams
 from rstitch_core.events import Direction, Event, Source
+from rstitch_core.models.step_engine import run_inline
 from rstitch_core.policies.acceptance import Draft
 from rstitch_core.policies.phases import NEVER, DraftOp, Op, Result, VerifyOp, run_phase
-from rstitch_core.policies.router import SwitchRouter
+from rstitch_core.router.switch import SwitchRouter
 from rstitch_core.sampling import Sampler
 from rstitch_core.sequence import ModelState, Sequence
 
-LLM_LEAD_DRAFT = 2  # verified: drafts per LLM pass while the LLM leads (the SLM is often wrong there)
+LLM_LEAD_LIMIT = 2  # verified: drafts per LLM pass while the LLM leads (the SLM is often wrong there)
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ Step = Op | Rollback | Handoff
 
 
 class DraftControl(Protocol):
-    """Chooses each provisional draft's length (a cost-aware limit: rstitch_core.draft_control)."""
+    """Chooses each provisional draft's length (a cost-aware limit: rstitch_core.drafting.control)."""
 
     def limit(self, lead: Source, max_limit: int, context_tokens: int) -> int:
         """Tokens to draft, in [0, max_limit]; 0 makes the round a plain LLM step."""
@@ -75,25 +76,25 @@ class Plan:
     trusted: bool  # SLM tokens are kept as written (rstitch, slm) instead of verified
     slm_tau: float  # the SLM stops drafting (trusted: hands over) above this entropy
     llm_tau: float  # the LLM leads while its entropy is above this
-    slm_lead_draft: int  # draft limit while the SLM leads (0: no SLM pass)
-    llm_lead_draft: int  # draft limit while the LLM leads (0: the LLM decodes alone)
+    slm_lead_limit: int  # draft limit while the SLM leads (0: no SLM pass)
+    llm_lead_limit: int  # draft limit while the LLM leads (0: the LLM decodes alone)
     uses_llm: bool = True
 
     @classmethod
     def of(cls, routing: RoutingParams) -> Plan:
-        tau, k, policy = routing.threshold, routing.draft_limit, routing.policy
+        tau, limit, policy = routing.threshold, routing.draft_limit, routing.policy
         if policy is Policy.SLM:
             return cls("slm", True, NEVER, NEVER, 1 << 30, 0, uses_llm=False)
         if policy is Policy.LLM:
             return cls("llm", True, NEVER, -1.0, 0, 0)
         if policy is Policy.SPECULATIVE:
-            return cls("slm", False, NEVER, NEVER, k, k)
+            return cls("slm", False, NEVER, NEVER, limit, limit)
         if policy is Policy.VERIFIED:
-            return cls("slm", False, tau, tau, k, min(k, LLM_LEAD_DRAFT))
+            return cls("slm", False, tau, tau, limit, min(limit, LLM_LEAD_LIMIT))
         return cls("slm", True, tau, tau, 1 << 30, 0)  # rstitch, rstitch+
 
-    def draft_limit(self, lead: Source) -> int:
-        return self.slm_lead_draft if lead == "slm" else self.llm_lead_draft
+    def lead_limit(self, lead: Source) -> int:
+        return self.slm_lead_limit if lead == "slm" else self.llm_lead_limit
 
 
 def decode(seq: Sequence, routing: RoutingParams,
@@ -104,7 +105,7 @@ def decode(seq: Sequence, routing: RoutingParams,
     lead = plan.first_lead
     while seq.running:
         draft, plain, undrafted = Draft(), 0, False
-        limit = min(plan.draft_limit(lead), seq.room)
+        limit = min(plan.lead_limit(lead), seq.room)
         if control is not None and not plan.trusted and limit > 0:
             limit = control.limit(lead, limit, len(seq.token_ids))
             undrafted = limit == 0
@@ -118,7 +119,7 @@ def decode(seq: Sequence, routing: RoutingParams,
         if not seq.running or not plan.uses_llm:
             continue
         base = len(seq.token_ids)
-        alone = plan.llm_tau if plan.llm_lead_draft == 0 and lead == "llm" else None
+        alone = plan.llm_tau if plan.llm_lead_limit == 0 and lead == "llm" else None
         verdict = yield VerifyOp(draft, routing.acceptance, routing.relaxed_ratio, decode_while_above=alone,
                                  plain_steps=plain)
         seq.stats.undrafted_rounds += 1 + verdict.alone if undrafted else 0
@@ -164,6 +165,5 @@ def run_local(seq: Sequence, slm: ModelState, llm: ModelState, routing: RoutingP
             yield seq.switch(step.direction, states[step.target].num_cached, step.discarded)
         else:
             state = states[step.model]
-            steps.result = yield from run_phase(step, seq, state, sampler, router)
-            state.idle()  # a batched runner stops waiting for this sequence
+            steps.result = yield from run_inline(run_phase(step, seq, state, sampler, router), state.runner)
     yield seq.finish()

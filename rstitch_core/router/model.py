@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rstitch_core.policies.router import RouterInput
+from rstitch_core.router.switch import RouterInput
 
 FORMAT = "rstitch-router"
 VERSION = 1

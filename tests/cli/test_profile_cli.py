@@ -9,8 +9,8 @@ import pytest
 
 from rstitch_cli.common import pick_dtype
 from rstitch_cli.main import main
-from rstitch_core.costmodel import PassCost
-from rstitch_core.profile import CostProfile, ProfileKey, default_path
+from rstitch_core.drafting.cost import PassCost
+from rstitch_core.drafting.profile import CostProfile, ProfileKey, default_path
 
 
 def cli(capsys, *argv):
@@ -48,8 +48,8 @@ def test_auto_prefill_follows_profiles_where_bf16_decodes_faster_but_prefills_sl
                                                                                      monkeypatch, capsys):
     # The AVX2 case: bf16 decodes (and verifies 8 drafts) faster, float32 runs long passes faster.
     from rstitch_core.models.prefill import PrefillSpec
-    from rstitch_core.profile import profile_key
-    from rstitch_cli.profile import configs
+    from rstitch_core.drafting.profile import profile_key
+    from rstitch_cli.common import pair_configs as configs
 
     monkeypatch.setenv("RSTITCH_CACHE", str(tmp_path / "cache"))
     slm, llm = str(pair_dirs[0]), str(pair_dirs[1])

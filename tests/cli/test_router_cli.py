@@ -57,7 +57,7 @@ def test_generate_with_rstitch_plus(trained, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--policy", "rstitch+"], "--policy rstitch+ needs --router PATH"),
     (["--policy", "rstitch", "--router", "ROUTER"], "--router is only used by --policy rstitch+"),
-    (["--policy", "rstitch+", "--router", "ROUTER", "--threshold", "0.1"], "--threshold does not apply to rstitch+"),
+    (["--policy", "rstitch+", "--router", "ROUTER", "--threshold", "0.1"], "threshold must be unset for policy rstitch+"),
     (["--policy", "rstitch+", "--router", "missing.safetensors"], "does not exist"),
 ])
 def test_generate_argument_errors(trained, capsys, extra, message):

@@ -15,7 +15,7 @@ CONFIG = ROOT / "deploy" / "serve_config.yaml"
 def ns(**kw):
     base = dict(slm=None, llm=None, config=None, llm_replicas=None, dtype=None, backend=None, prefill=None, port=None,
                 metrics_port=8080,
-                router=None, shadow_prefill_tokens=None, cost_profile=None)
+                router=None, shadow_prefill_tokens=None, cost_profile=None, served_model_name=None)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -30,8 +30,8 @@ def test_flags_override_the_config():
 
 
 def test_a_cost_profile_is_checked_before_serving(tmp_path):
-    from rstitch_core.costmodel import PassCost
-    from rstitch_core.profile import CostProfile, ProfileKey
+    from rstitch_core.drafting.cost import PassCost
+    from rstitch_core.drafting.profile import CostProfile, ProfileKey
 
     with pytest.raises(ValueError, match="not a cost profile"):
         app_settings(ns(cost_profile=str(tmp_path / "missing.json")))
@@ -81,7 +81,7 @@ def test_router_flag_becomes_an_absolute_path_and_must_exist(tmp_path, monkeypat
 
 def test_cost_profile_auto_measures_once_then_reuses_and_off_turns_it_off(pair_dirs, tmp_path, monkeypatch):
     from rstitch_cli.serve import resolve_cost_profile
-    from rstitch_core.profile import CostProfile
+    from rstitch_core.drafting.profile import CostProfile
 
     monkeypatch.setenv("RSTITCH_CACHE", str(tmp_path))
     slm, llm = map(str, pair_dirs)

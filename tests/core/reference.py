@@ -32,3 +32,29 @@ def naive_rstitch(slm, llm, prompt_ids, tau, max_new_tokens, eos_ids):
         if active == "llm" and h <= tau:
             active = "slm"
     return tokens, sources, entropies
+
+
+def draft_by_draft_acceptance(tokens, q, logits, sampler, relaxed_ratio=None):
+    """The acceptance rule one draft at a time, as written before it became one tensor expression
+    (test oracle): (accepted, token). `relaxed_ratio` None: the exact rule."""
+    target = logits if sampler.greedy else sampler.probs(logits)
+    relaxed = torch.softmax(logits.float(), -1) if relaxed_ratio is not None else None
+    for i, token in enumerate(tokens):
+        in_vocab = token < target.shape[-1]
+        if relaxed is not None and (relaxed_ratio == 0 or (
+                in_vocab and float(relaxed[i, token]) >= relaxed_ratio * float(relaxed[i].max()))):
+            continue
+        if sampler.greedy:
+            best = int(target[i].argmax().item())
+            if best != token or not in_vocab:
+                return i, best
+            continue
+        p = target[i]
+        qi = q[i][:target.shape[-1]] if q.shape[-1] >= target.shape[-1] else \
+            torch.nn.functional.pad(q[i], (0, target.shape[-1] - q.shape[-1]))
+        if in_vocab and sampler.uniform() < min(1.0, float(p[token] / qi[token])):
+            continue
+        residual = (p - qi).clamp_(min=0)
+        return i, sampler.draw(residual / residual.sum() if residual.sum() > 0 else p)
+    last = target[len(tokens)]
+    return len(tokens), int(last.argmax().item()) if sampler.greedy else sampler.draw(last)

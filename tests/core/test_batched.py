@@ -1,19 +1,11 @@
-"""Batched passes: many sequences through one BatchedRunner give the batch-1 engine's output."""
+"""Batched passes (torch): many sequences' rows in one pass give each sequence's batch-1 logits.
+The engine that schedules them is tested in test_step_engine.py."""
 
 from __future__ import annotations
 
-import threading
-
-import pytest
 import torch
 
-from rstitch_core import Engine, Generation, RoutingParams, SamplingParams
 from rstitch_core.models.batched import PassRequest, forward_batch, new_slot_kv
-from rstitch_core.models.scheduler import BatchedRunner
-
-PROMPTS = ["Natalia sold clips", "def add(a, b):", "the quick brown fox jumps", "Step 1: multiply.",
-           "naïve café", "12 + 30 = 42.", "print(add(2, 3))", "The answer is"]
-
 
 def test_a_batched_pass_matches_batch_one_passes(engine):
     runner = engine.llm
@@ -60,60 +52,3 @@ def test_slots_and_capacity_grow_keeping_what_is_cached(engine):
     got = forward_batch(runner.model, kv, [PassRequest(first, [40])])[0][0]
     ref = runner.new_cache()
     torch.testing.assert_close(got, runner.forward(ref, list(range(1, 41))).logits, rtol=1e-4, atol=1e-4)
-
-
-@pytest.fixture(scope="module")
-def batched(engine):
-    slm, llm = BatchedRunner(engine.slm, linger_s=0.05), BatchedRunner(engine.llm, linger_s=0.05)
-    yield Engine(slm, llm)
-    slm.close()
-    llm.close()
-
-
-@pytest.mark.parametrize("policy", ["rstitch", "llm", "slm", "speculative"])
-def test_concurrent_batched_greedy_equals_batch_one(engine, batched, policy):
-    """Eight requests with different prompts and budgets (so they leave at different times and,
-    stitching, join each model's passes at different times) run concurrently through the batched
-    runners; each equals its batch-1 run."""
-    budgets = [40, 25, 60, 10, 35, 50, 15, 45]
-    routing = RoutingParams(policy=policy, threshold=0.5)
-    want = [Generation.collect(engine.generate(p, sampling=SamplingParams(max_new_tokens=n), routing=routing))
-            for p, n in zip(PROMPTS, budgets)]
-    got: list = [None] * len(PROMPTS)
-    start = threading.Barrier(len(PROMPTS))
-
-    def run(i):
-        events = batched.generate(PROMPTS[i], sampling=SamplingParams(max_new_tokens=budgets[i]), routing=routing)
-        start.wait(timeout=60)  # all arrive together (tokenized, no pass yet): a pass can be shared
-        got[i] = Generation.collect(events)
-
-    steps_before = batched.slm.stats.steps + batched.llm.stats.steps
-    rows_before = batched.slm.stats.rows + batched.llm.stats.rows
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for g, w in zip(got, want):
-        assert (g.token_ids, g.sources) == (w.token_ids, w.sources)
-        assert g.stats.switches_slm_to_llm == w.stats.switches_slm_to_llm
-    steps = batched.slm.stats.steps + batched.llm.stats.steps - steps_before
-    rows = batched.slm.stats.rows + batched.llm.stats.rows - rows_before
-    assert rows / steps > 1.5  # passes really were shared
-    assert batched.slm.pool.slots_in_use == 0 and batched.llm.pool.slots_in_use == 0  # every slot returned
-
-
-def test_on_step_reports_each_pass(engine):
-    steps = []
-    runner = BatchedRunner(engine.slm, linger_s=0.0, on_step=lambda *a: steps.append(a))
-    try:
-        cache = runner.new_cache()
-        runner.forward(cache, [5, 6, 7])
-        runner.forward(cache, [8])
-        runner.release(cache)
-    finally:
-        runner.close()
-    assert [(rows, tokens) for rows, tokens, _ in steps] == [(1, 3), (1, 1)] and all(s > 0 for *_, s in steps)
-    assert runner.pool.slots_in_use == 0
-    with pytest.raises(ValueError, match="released"):
-        runner.forward(cache, [1])

@@ -46,3 +46,15 @@ def test_routing_spec_options_override_the_defaults_and_bad_options_are_named():
         parse_routing_spec("verified:tau=x")
     with pytest.raises(ValueError, match=r"threshold \(tau\)"):
         parse_routing_spec("verified:tau=2")
+
+
+def test_a_config_error_names_its_field_and_survives_pickling():
+    """Served, the error crosses processes (Ray pickles it) and keeps the field path gRPC and HTTP use."""
+    import pickle
+
+    from rstitch_core.config import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        SamplingParams(top_k=-1)
+    err = pickle.loads(pickle.dumps(caught.value.under("sampling.")))
+    assert type(err) is ConfigError and err.field == "sampling.top_k" and str(err).startswith("sampling.top_k must be")

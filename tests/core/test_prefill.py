@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import threading
 
 import pytest
 import torch
@@ -11,7 +10,9 @@ import torch
 from rstitch_core.models.loading import load_model
 from rstitch_core.models.prefill import PrefillCopy, PrefillSpec
 from rstitch_core.models.runner import ModelRunner
-from rstitch_core.models.scheduler import BatchedRunner
+from rstitch_core.models.step_engine import Budget, StepEngine
+from rstitch_core.events import ModelStats
+from rstitch_core.sequence import ModelState
 from tiny_models import build_model, build_tokenizer
 
 PROMPT = list(range(5, 25))  # 20 tokens: a "prompt prefill" for a copy taking passes of >= 4
@@ -53,28 +54,26 @@ def test_long_passes_run_on_the_copy_and_the_cache_stays_in_the_model_dtype(runn
 
 
 def test_batched_passes_match_single_ones(runners):
+    """Three sequences' passes in one engine's steps: prompt rows on the copy, decode rows on the
+    model, in any mix, give the logits each gets alone."""
     single = [o.logits for o in passes(runners["mixed"])[1]]
-    batched = BatchedRunner(runners["mixed"])
-    try:
-        results, errors = {}, []
+    engine = StepEngine(runners["mixed"], Budget(4))
+    results: dict = {}
 
-        def session(i):
-            try:
-                cache, out = passes(batched, batched.new_cache)
-                results[i] = [o.logits for o in out]
-                batched.release(cache)
-            except BaseException as err:  # noqa: BLE001 - reported below
-                errors.append(err)
+    def session(i):
+        state = ModelState("llm", engine, ModelStats())
+        out = [(yield from state.step(PROMPT, turn_start=True, num_logits=2, hidden=True))]
+        out.append((yield from state.step(PROMPT + [30], turn_start=False)))
+        out.append((yield from state.step(PROMPT + [30, 31, 32, 33, 34, 35], turn_start=False, num_logits=5)))
+        results[i] = [o.logits for o in out]
+        state.release()
 
-        threads = [threading.Thread(target=session, args=(i,)) for i in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        batched.close()
-    assert not errors and len(results) == 3
-    for logits in results.values():  # prompt rows on the copy, decode rows on the model, in any mix
+    for i in range(3):
+        engine.submit(session(i), lambda _: None, lambda _: None)
+    while engine.has_work:
+        engine.step()
+    assert len(results) == 3 and engine.stats.max_rows == 3 and engine.slots_in_use == 0
+    for logits in results.values():
         for b, s in zip(logits, single):
             torch.testing.assert_close(b, s, atol=2e-2, rtol=0)
 

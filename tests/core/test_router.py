@@ -7,7 +7,7 @@ import torch
 from tiny_models import make_router
 
 from rstitch_core import Engine, Generation, RoutingParams, SamplingParams
-from rstitch_core.policies.router import RouterInput
+from rstitch_core.router.switch import RouterInput
 from rstitch_core.router import LearnedRouter, RouterConfig, RouterError
 
 PROMPT = "Natalia sold clips"

@@ -47,3 +47,16 @@ def client(service):
     with RStitchClient(service[0]) as c:
         yield c
 
+
+
+@pytest.fixture(scope="session")
+def local_http(pair_dirs):
+    """(URL, LocalFrontend): the OpenAI HTTP API over the real front end and workers in this process,
+    no Ray (tests/serving.py): the fields' behaviour and the harnesses' runs take seconds, not a cluster."""
+    from serving import LocalFrontend
+
+    frontend = LocalFrontend(*map(str, pair_dirs), served_model_name="tiny-pair")
+    try:
+        yield frontend.serve_http(), frontend
+    finally:
+        frontend.close()

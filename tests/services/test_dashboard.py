@@ -17,7 +17,7 @@ import yaml
 
 from rstitch_core import RoutingParams, SamplingParams
 from serving import free_port
-from services.metrics import ROUTER_METRICS, WORKER_METRICS
+from services.metrics import FRONTEND_METRICS, WORKER_METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "rstitch.json"
@@ -36,7 +36,7 @@ def test_dashboard_structure():
     assert len(ids) == len(set(ids)) and len(ids) >= 12
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
-    defined = {name for specs in (ROUTER_METRICS, WORKER_METRICS) for n, spec in specs.items()
+    defined = {name for specs in (FRONTEND_METRICS, WORKER_METRICS) for n, spec in specs.items()
                for name in spec.exported(n)} | RAY_SERVE_METRICS
     for panel in dash["panels"]:
         assert panel["datasource"]["uid"] == "${datasource}" and panel["targets"], panel["title"]

@@ -18,6 +18,7 @@ import pytest
 
 from rstitch_core import RoutingParams, SamplingParams
 from serving import worker_states
+from waiting import eventually
 
 BURST = 30
 APP_ARGS = {"max_sessions": BURST + 2, "max_concurrent_requests": BURST + 2, "router": None}
@@ -35,13 +36,12 @@ def held() -> dict[str, int]:
 def freed_after(since: float) -> float:
     """Seconds from `since` (time.time()) to the workers' last release of a session, read once they
     hold none: the workers stamp each release, so a slow probe does not stretch the figure."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def released():
         states = [s for d in ("SLMWorker", "LLMWorker") for s in worker_states(d).values()]
-        if not any(s["sessions"] for s in states):
-            return max(s["freed_at"] or since for s in states) - since
-        time.sleep(0.05)
-    raise AssertionError(f"still held a minute after the cancels: {held()}")
+        return states if not any(s["sessions"] for s in states) else None
+
+    states = eventually(released, interval=0.05, message=lambda: f"still held a minute after the cancels: {held()}")
+    return max(s["freed_at"] or since for s in states) - since
 
 
 @pytest.mark.parametrize("run", range(RUNS))

@@ -39,6 +39,11 @@ def test_every_content_form_counts_toward_the_input_bound(content):
     assert err.value.param == "messages"
 
 
+def test_a_token_id_prompt_counts_toward_the_bound_too():
+    with pytest.raises(FieldError, match=f"prompt must be at most {limits.MAX_INPUT_CHARS} characters, got {OVER}"):
+        parse({"prompt": [1] * OVER}, "completion")
+
+
 def test_input_size_counts_strings_parts_and_token_ids():
     assert limits.input_size("abc") == 3
     assert limits.input_size([{"type": "text", "text": "ab"}, {"type": "text", "text": "c"}]) == 3
@@ -62,7 +67,7 @@ def test_a_lone_surrogate_is_a_400_naming_the_field(body, param):
 def test_deeply_nested_json_and_n_true_are_400s():
     with pytest.raises(FieldError, match="nested too deeply"):
         parse(b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
-    with pytest.raises(FieldError, match="n must be 1") as err:
+    with pytest.raises(FieldError, match="n must be an integer") as err:
         parse({"messages": [{"role": "user", "content": "hi"}], "n": True})
     assert err.value.param == "n"
     with pytest.raises(FieldError, match="temperature must be a number, got true"):

@@ -5,7 +5,6 @@ llama.cpp sequence is released when a request ends or its client goes away."""
 from __future__ import annotations
 
 import threading
-import time
 
 import grpc
 import pytest
@@ -13,6 +12,7 @@ from serving import HOLD_PROMPT, HOLD_TOKENS, LocalFrontend
 
 from rstitch_core import Generation, RoutingParams, SamplingParams
 from services.client import RStitchClient
+from waiting import eventually
 
 PROMPTS = ["the quick brown", "add 2 and 3", "def f(x):", "Natalia sold"]
 # Greedy tokens (argmax) survive llama.cpp's batch-shape-dependent rounding; an entropy gate near tau
@@ -30,24 +30,22 @@ def frontend(gguf_pair, llamacpp_engine):
 
 def llama_states(frontend: LocalFrontend) -> dict:
     async def read():
-        return {m: (len(h.worker.store.sessions), h.worker.runner.pool.slots_in_use, h.worker.runner.stats.max_rows)
+        return {m: (len(h.worker.store.sessions), h.worker.engine.slots_in_use, h.worker.engine.stats.max_rows)
                 for m, h in frontend.frontend.handles.items()}
     return frontend.call(read())
 
 
 def wait_until_released(frontend: LocalFrontend) -> dict:
-    deadline = time.monotonic() + 60  # a bound for a hung release, not an expected duration
-    while True:
+    def released():
         states = llama_states(frontend)
-        if not any(sessions or slots for sessions, slots, _ in states.values()):
-            return states
-        assert time.monotonic() < deadline, states
-        time.sleep(0.01)
+        return states if not any(sessions or slots for sessions, slots, _ in states.values()) else None
+
+    return eventually(released, message=lambda: str(llama_states(frontend)))
 
 
 def test_workers_run_the_llamacpp_backend(frontend):
     for handle in frontend.frontend.handles.values():
-        assert handle.worker.runner.base.backend == "llamacpp" and handle.worker.batching_off_reason is None
+        assert handle.worker.model.backend == "llamacpp" and handle.worker.batching_off_reason is None
 
 
 def test_served_concurrently_equals_in_process(frontend, llamacpp_engine):

@@ -3,16 +3,16 @@
 path, metrics export) stays in the other tests of this folder."""
 
 import threading
-import time
 
 import grpc
 import pytest
 from serving import HOLD_PROMPT, HOLD_TOKENS, LocalFrontend
 
 from rstitch_core import Generation, RoutingParams, SamplingParams
-from rstitch_core.costmodel import PassCost
-from rstitch_core.profile import CostProfile, ProfileKey
+from rstitch_core.drafting.cost import PassCost
+from rstitch_core.drafting.profile import CostProfile, ProfileKey
 from services.client import RStitchClient
+from waiting import eventually
 
 PROMPTS = ["the quick brown", "add 2 and 3", "def f(x):"]
 # Drafts pay on this profile (an LLM pass over k tokens costs about one step): cost-aware requests draft.
@@ -23,10 +23,7 @@ MEMORY_BOUND = CostProfile(ProfileKey("slm", "llm", "float32", "cpu", "Test CPU"
 def wait_until_released(frontend: LocalFrontend) -> None:
     """Until both workers hold no session: releases are fire and forget, and may land after the
     client has its last message."""
-    deadline = time.monotonic() + 60  # a bound for a hung release, not an expected duration
-    while frontend.sessions() != {"slm": 0, "llm": 0}:
-        assert time.monotonic() < deadline, frontend.sessions()
-        time.sleep(0.01)
+    eventually(lambda: frontend.sessions() == {"slm": 0, "llm": 0}, message=lambda: str(frontend.sessions()))
 
 
 @pytest.fixture(scope="module")

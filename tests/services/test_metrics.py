@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import urllib.request
 from collections import defaultdict
 
@@ -10,6 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rstitch_core import RoutingParams, SamplingParams
+from waiting import eventually
 
 PROMPT = "Natalia sold clips to 48 of her friends"
 
@@ -33,12 +33,12 @@ def delta(before, after, name, **labels) -> float:
 
 
 def wait_for(url, check, timeout=60):
-    deadline = time.monotonic() + timeout
-    while True:
+    """The first scrape that passes `check` (Ray ships metrics on its report interval)."""
+    def passed():
         after = scrape(url)
-        if check(after) or time.monotonic() > deadline:
-            return after
-        time.sleep(0.5)
+        return after if check(after) else None
+
+    return eventually(passed, timeout, interval=0.5)
 
 
 @pytest.mark.parametrize("policy", ["rstitch", "speculative", "verified"])

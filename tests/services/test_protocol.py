@@ -89,7 +89,7 @@ def test_rstitch_plus_runs_at_the_servers_router_tau():
     with pytest.raises(NoRouter, match="holds no router"):
         parse_request(req, 0.02, router_tau=None)
     req.routing.threshold = 0.4
-    with pytest.raises(ValueError, match="routing.threshold must be unset for POLICY_RSTITCH_PLUS"):
+    with pytest.raises(ValueError, match="routing.threshold must be unset for policy rstitch\\+"):
         parse_request(req, 0.02, router_tau=0.2)
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from tiny_models import make_router
 
-from rstitch_core.costmodel import CostModel, ModelCost
+from rstitch_core.drafting.cost import PassCost
+from rstitch_core.drafting.profile import CostProfile, ProfileKey
 from rstitch_eval.tasks import get_task
 from rstitch_train.labels import collect_labels
 from rstitch_train.pipeline import train_router
@@ -23,8 +24,9 @@ from rstitch_train.router import (
 )
 
 PROMPTS = ["Natalia sold clips", "def add(a, b):", "the quick brown fox", "Step 1: multiply."]
-# Made-up costs: the LLM's decode step is 3x the SLM's, prefill is linear in new tokens.
-COST = CostModel(ModelCost((0.0, 0.0, 0.002, 0.01), (0.0, 0.01)), ModelCost((0.0, 0.0, 0.006, 0.03), (0.0, 0.03)))
+# Made-up costs: every LLM pass costs 3x the SLM's, linear in new tokens.
+COST = CostProfile(ProfileKey("slm", "llm", "float32", "cpu", "Test CPU", 2),
+                   PassCost((0.01, 0.002, 0.0, 0.0, 0.0, 0.0)), PassCost((0.03, 0.006, 0.0, 0.0, 0.0, 0.0)))
 
 
 @pytest.fixture(scope="module")

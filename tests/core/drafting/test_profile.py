@@ -6,9 +6,9 @@ import random
 import pytest
 import torch
 
-from rstitch_core.costmodel import PassCost, fit_pass_cost
-from rstitch_core.profile import CostProfile, ProfileKey, cached_profile, choose_dtype, default_path, profile_key
-from rstitch_core.profiling import CPU_GRID, GPU_GRID, Grid, profile_pair
+from rstitch_core.drafting.cost import PassCost, fit_pass_cost
+from rstitch_core.drafting.profile import CostProfile, ProfileKey, cached_profile, choose_dtype, default_path, profile_key
+from rstitch_core.drafting.profiling import CPU_GRID, GPU_GRID, Grid, profile_pair
 
 KEY = ProfileKey("qwen2-small", "qwen2-large", "bfloat16", "cpu", "Test CPU", 2)
 SMALL_GRID = Grid(contexts=(16, 64), sizes=(1, 2, 4), prefills=(8,), batch_rows=(3,), batch_sizes=(1, 2),
@@ -147,7 +147,7 @@ def test_choose_dtype_follows_the_decode_and_verify_costs():
 
 
 def test_cached_or_measured_measures_once_then_reuses(engine, tmp_path, monkeypatch):
-    from rstitch_core import profiling
+    from rstitch_core.drafting import profiling
 
     monkeypatch.setattr(profiling, "CPU_GRID", SMALL_GRID)
     lines = []
@@ -165,7 +165,7 @@ def test_a_bad_grid_is_refused(change, message):
 
 
 def test_an_isa_limit_in_the_environment_is_another_machine(monkeypatch):
-    from rstitch_core.profile import hardware_name
+    from rstitch_core.drafting.profile import hardware_name
 
     monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)

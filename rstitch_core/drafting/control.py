@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rstitch_core.profile import CostProfile
+from rstitch_core.drafting.profile import CostProfile
 
 # Drafting must be projected to beat plain decoding by 30%. The projection assumes i.i.d. acceptance
 # over k drafts, but verified drafts end early at the SLM's first uncertain token and each round

@@ -19,7 +19,8 @@ from typing import Iterable
 
 import torch
 
-from rstitch_core.costmodel import PassCost
+from rstitch_core.drafting.cost import PassCost
+from rstitch_core.models.backend import model_id
 from rstitch_core.models.prefill import PrefillSpec
 
 FORMAT = "rstitch-cost-profile/1"
@@ -67,7 +68,8 @@ class CostProfile:
         return self.slm if name == "slm" else self.llm
 
     def trajectory_seconds(self, passes: Iterable[tuple[str, int, int]]) -> float:
-        """Projected latency of single-sequence passes given as (model, n, kv) (CostModel's form)."""
+        """Projected latency of single-sequence passes given as (model, n new tokens, kv cached): the
+        latency R-Stitch+ training rewards."""
         return sum(self.model(m).seconds(n, kv) for m, n, kv in passes)
 
     def to_dict(self) -> dict:
@@ -105,14 +107,6 @@ def _cost(raw: dict) -> PassCost:
     if len(coef) != 6 or min(coef) < 0:
         raise KeyError(f"coef must be 6 non-negative numbers, got {raw['coef']!r}")
     return PassCost(coef, float(raw.get("knee", 0.0)))
-
-
-def model_id(config) -> str:
-    """The shapes that set a model's pass time, from its config: 'qwen2-l28-h1536-i8960-a12-kv2-v151936'."""
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    return (f"{config.model_type}-l{config.num_hidden_layers}-h{config.hidden_size}-i{config.intermediate_size}"
-            f"-a{config.num_attention_heads}-kv{kv_heads}-v{config.vocab_size}")
 
 
 # Environment variables that cap the instruction set torch's CPU kernels use: with both at AVX2 an

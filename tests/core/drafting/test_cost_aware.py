@@ -4,11 +4,11 @@ they can, and LLM-only output either way."""
 import pytest
 
 from rstitch_core import Generation, RoutingParams, SamplingParams
-from rstitch_core.costmodel import PassCost
-from rstitch_core.draft_control import choose_draft_limit
-from rstitch_core.policies.cost_aware import (PROBE_EVERY, PROBE_RATE, WINDOW_PLAIN_TOKENS, CostAwareControl,
+from rstitch_core.drafting.cost import PassCost
+from rstitch_core.drafting.control import choose_draft_limit
+from rstitch_core.drafting.cost_aware import (PROBE_EVERY, PROBE_RATE, WINDOW_PLAIN_TOKENS, CostAwareControl,
                                               cost_aware)
-from rstitch_core.profile import CostProfile, ProfileKey
+from rstitch_core.drafting.profile import CostProfile, ProfileKey
 
 KEY = ProfileKey("slm", "llm", "float32", "cpu", "Test CPU", 2)
 COMPUTE_BOUND = CostProfile(KEY, PassCost((0.01, 0.09, 0, 0.01, 0, 0)), PassCost((0.03, 0.27, 0, 0.03, 0, 0)))
@@ -71,7 +71,7 @@ def test_drafts_shrink_with_a_falling_acceptance_and_a_growing_batch_and_probes_
 def test_no_probes_where_drafts_would_pay_only_at_an_acceptance_near_one():
     """The default pair's 4-bit passes in llama.cpp on a 2-core Xeon (its fitted profile): a 9-token
     verify pass costs 2.7 decode steps, so drafts pay at a = 1 but not at PROBE_RATE."""
-    from rstitch_core.draft_control import drafting_can_pay
+    from rstitch_core.drafting.control import drafting_can_pay
 
     llama = CostProfile(ProfileKey("slm", "llm", "gguf", "cpu", "Test CPU", 2),
                         PassCost((0.0238, 0.00515, 0, 0.00214, 1.46e-05, 7.0e-06)),
@@ -85,6 +85,7 @@ def test_rounds_without_drafts_decode_alone_until_the_next_probe(close_pair):
     """One VerifyOp covers many plain tokens: served, that is one worker call, not one per token
     (after the first round's one token)."""
     from rstitch_core.policies.loop import Handoff, Steps, decode
+    from rstitch_core.models.step_engine import run_inline
     from rstitch_core.policies.phases import VerifyOp, run_phase
     from rstitch_core.sampling import Sampler
     from rstitch_core.sequence import ModelState, Sequence
@@ -100,7 +101,7 @@ def test_rounds_without_drafts_decode_alone_until_the_next_probe(close_pair):
             continue
         assert isinstance(step, VerifyOp), "drafts cannot pay on a compute-bound profile"
         ops.append(step)
-        phase = run_phase(step, seq, states["llm"], Sampler(seq.sampling))
+        phase = run_inline(run_phase(step, seq, states["llm"], Sampler(seq.sampling)), e.llm)
         while steps.result is None:
             try:
                 next(phase)
@@ -144,7 +145,7 @@ def drafted_share(rounds) -> float:
 
 
 def test_windows_keep_plain_decoding_where_drafting_streams_less():
-    from rstitch_core.draft_windows import DraftWindows
+    from rstitch_core.drafting.windows import DraftWindows
 
     clock = FakeClock()
     windows = DraftWindows(window_s=4.0, clock=clock)
@@ -155,7 +156,7 @@ def test_windows_keep_plain_decoding_where_drafting_streams_less():
 
 
 def test_windows_keep_drafting_where_it_streams_more():
-    from rstitch_core.draft_windows import DraftWindows
+    from rstitch_core.drafting.windows import DraftWindows
 
     clock = FakeClock()
     windows = DraftWindows(window_s=4.0, clock=clock)
@@ -166,7 +167,7 @@ def test_windows_keep_drafting_where_it_streams_more():
 
 
 def test_a_window_spanning_a_load_change_or_idle_time_is_no_sample():
-    from rstitch_core.draft_windows import DraftWindows
+    from rstitch_core.drafting.windows import DraftWindows
 
     clock = FakeClock()
     windows = DraftWindows(window_s=1.0, clock=clock)
@@ -183,7 +184,7 @@ def test_a_window_spanning_a_load_change_or_idle_time_is_no_sample():
 
 
 def test_a_request_alone_is_left_to_the_profile():
-    from rstitch_core.draft_windows import DraftWindows
+    from rstitch_core.drafting.windows import DraftWindows
 
     clock = FakeClock()
     windows = DraftWindows(window_s=4.0, clock=clock)
@@ -206,7 +207,7 @@ def windows_modes(windows, clock, load, count):
 
 
 def test_a_higher_load_samples_drafting_first_only_where_a_lower_load_measured_it_faster():
-    from rstitch_core.draft_windows import DraftWindows
+    from rstitch_core.drafting.windows import DraftWindows
 
     # No evidence below (the loads 2-3 never seen): 16 streams run plainly until the exploring turn.
     clock = FakeClock()
@@ -228,7 +229,7 @@ def test_a_higher_load_samples_drafting_first_only_where_a_lower_load_measured_i
 
 
 def test_exploring_windows_grow_rarer_while_the_verdict_stands_and_recover_when_it_turns():
-    from rstitch_core.draft_windows import DraftWindows
+    from rstitch_core.drafting.windows import DraftWindows
 
     clock = FakeClock()
     windows = DraftWindows(window_s=4.0, clock=clock)

@@ -1,17 +1,17 @@
 """Cost-aware draft control: each draft's length from this machine's cost profile and the running
-acceptance rate, so drafting happens only where it pays (rstitch_core.draft_control has the model);
+acceptance rate, so drafting happens only where it pays (rstitch_core.drafting.control has the model);
 served, only in windows where drafting measured faster than plain decoding at the current load
-(rstitch_core.draft_windows)."""
+(rstitch_core.drafting.windows)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable
 
-from rstitch_core.draft_control import AcceptanceEstimate, choose_draft_limit
-from rstitch_core.draft_windows import DraftWindows
+from rstitch_core.drafting.control import AcceptanceEstimate, choose_draft_limit
+from rstitch_core.drafting.windows import DraftWindows
 from rstitch_core.events import Source
-from rstitch_core.profile import CostProfile
+from rstitch_core.drafting.profile import CostProfile
 
 # While drafts do not pay at the current acceptance estimate but would at PROBE_RATE, every
 # PROBE_EVERY-th round drafts anyway: otherwise the estimate could never recover. A probe drafts
