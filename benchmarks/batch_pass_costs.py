@@ -43,9 +43,9 @@ def main() -> int:
 
     from rstitch_core.assets import ensure_default_pair
     from rstitch_core.drafting.control import expected_tokens
-    from rstitch_core.models.loading import load_model, resolve_dtype
     from rstitch_core.drafting.profile import hardware_name
     from rstitch_core.drafting.profiling import Grid, measure
+    from rstitch_core.models.loading import load_model, resolve_dtype
 
     dtype = resolve_dtype(args.dtype, args.device)
     grid = Grid(contexts=(args.context,), sizes=(1,), prefills=(), batch_rows=tuple(rows),

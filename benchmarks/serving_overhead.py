@@ -36,10 +36,10 @@ def main() -> int:
     from ray import serve
     from ray.serve.config import gRPCOptions
 
-    from rstitch_eval.bench_prompts import PROMPTS
     from rstitch_core import Engine, Generation, RoutingParams, SamplingParams
     from rstitch_core.assets import ensure_default_pair
     from rstitch_core.models.loading import resolve_backend, resolve_dtype
+    from rstitch_eval.bench_prompts import PROMPTS
     from services.app import GRPC_SERVICER, build_app
     from services.client import RStitchClient
 

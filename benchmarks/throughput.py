@@ -164,8 +164,8 @@ def warm_up(address: str, args) -> None:
 
 def measure(address: str, routing, concurrency: int, args) -> dict:
     """`concurrency` streams started together, one request each; aggregate and per-request figures."""
-    from rstitch_eval.bench_prompts import PROMPTS
     from rstitch_core import SamplingParams
+    from rstitch_eval.bench_prompts import PROMPTS
     from services.client import RStitchClient
     from services.protocol import collect_responses
 

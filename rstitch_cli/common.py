@@ -9,7 +9,6 @@ from rstitch_core import Engine
 from rstitch_core.models.loading import BACKEND_CHOICES, parse_device, parse_dtype, resolve_source
 from rstitch_core.models.prefill import PrefillSpec
 
-
 DTYPE_CHOICES = ["auto", "float32", "bfloat16", "float16"]
 DEFAULT_PAIR_AS_GGUF = ("default-slm.gguf", "default-llm.gguf")  # what the embedded pair is, for resolve_backend
 
@@ -170,8 +169,7 @@ def load_engine(args: argparse.Namespace, quiet: bool = False) -> Engine:
 def use_cost_profile(engine: Engine, choice: str, quiet: bool = False):
     """Give the engine cost-aware draft control from a saved profile (--cost-profile); returns it."""
     from rstitch_core.drafting.control import choose_draft_limit
-    from rstitch_core.drafting.cost_aware import PROBE_RATE
-    from rstitch_core.drafting.cost_aware import cost_aware
+    from rstitch_core.drafting.cost_aware import PROBE_RATE, cost_aware
     from rstitch_core.drafting.profile import CostProfile, cached_profile, runner_key
 
     if choice == "off":

@@ -12,8 +12,8 @@ import socket
 import sys
 
 from rstitch_cli.common import DTYPE_CHOICES
-from rstitch_core.models.loading import BACKEND_CHOICES
 from rstitch_core import RoutingParams, SamplingParams
+from rstitch_core.models.loading import BACKEND_CHOICES
 
 
 def add_parser(sub) -> None:

@@ -7,9 +7,8 @@ import json
 import sys
 
 from rstitch_cli.common import add_model_args, load_engine
+from rstitch_core import FinishEvent, Generation, Policy, RoutingParams, SamplingParams, SwitchEvent, TokenEvent
 from rstitch_core.config import DEFAULT_THRESHOLD, NoRouter
-from rstitch_core import (FinishEvent, Generation, Policy, RoutingParams, SamplingParams, SwitchEvent,
-                          TokenEvent)
 
 COLOURS = {"slm": "\033[32m", "llm": "\033[35m"}  # green: SLM, magenta: LLM
 RESET = "\033[0m"

@@ -42,8 +42,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rstitch_core.models.loading import parse_device, resolve_dtype
     from rstitch_core.drafting.profile import choose_dtype
+    from rstitch_core.models.loading import parse_device, resolve_dtype
 
     parse_device(args.device)
     if args.context < 0:

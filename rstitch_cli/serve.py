@@ -4,11 +4,11 @@ addresses; SIGTERM or SIGINT (Ctrl-C) drains it and stops every process it start
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import os
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import yaml
 
@@ -134,8 +134,8 @@ def resolve_cost_profile(app_args: dict) -> None:
 
     from rstitch_cli.profile import obtain
     from rstitch_core.assets import ensure_default_pair
-    from rstitch_core.models.loading import resolve_dtype
     from rstitch_core.drafting.profile import default_path
+    from rstitch_core.models.loading import resolve_dtype
     from services.app import AppConfig
 
     cfg = AppConfig.from_args(app_args)

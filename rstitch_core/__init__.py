@@ -11,8 +11,7 @@ from __future__ import annotations
 import importlib
 
 from rstitch_core.config import Policy, RoutingParams, SamplingParams
-from rstitch_core.events import (Event, FinishEvent, FinishReason, GenerationStats, ModelStats,
-                                 SwitchEvent, TokenEvent)
+from rstitch_core.events import Event, FinishEvent, FinishReason, GenerationStats, ModelStats, SwitchEvent, TokenEvent
 from rstitch_core.generation import Generation
 
 # name -> the module that defines it; each of these modules imports torch.

@@ -8,12 +8,12 @@ from rstitch_core.config import RoutingParams, SamplingParams, check_router
 from rstitch_core.events import Event, Source
 from rstitch_core.generation import Generation  # re-exported: it used to live here
 from rstitch_core.logits_processors import prompt_logprobs
+from rstitch_core.models.backend import ModelBackend
 from rstitch_core.models.loading import check_pair, load_model
 from rstitch_core.models.prefill import PrefillSpec
-from rstitch_core.models.backend import ModelBackend
 from rstitch_core.policies.loop import DraftControl, run_local
-from rstitch_core.router.switch import SwitchRouter
 from rstitch_core.prompts import check_prompt_ids, check_request, encode_prompt
+from rstitch_core.router.switch import SwitchRouter
 from rstitch_core.sampling import Sampler
 from rstitch_core.sequence import ModelState, Sequence
 

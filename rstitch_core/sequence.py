@@ -8,8 +8,16 @@ from enum import Enum
 from typing import Generator, Iterable
 
 from rstitch_core.config import SamplingParams
-from rstitch_core.events import (Direction, FinishEvent, FinishReason, GenerationStats, ModelStats,
-                                 Source, SwitchEvent, TokenEvent)
+from rstitch_core.events import (
+    Direction,
+    FinishEvent,
+    FinishReason,
+    GenerationStats,
+    ModelStats,
+    Source,
+    SwitchEvent,
+    TokenEvent,
+)
 from rstitch_core.models.backend import Cache, CacheSource, ForwardOutput, PassRequest
 from rstitch_core.text import IncrementalDetokenizer, TextOutput
 

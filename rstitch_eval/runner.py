@@ -17,9 +17,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from rstitch_core.config import NoRouter
 from rstitch_core import Generation, Policy, RoutingParams, SamplingParams
-from rstitch_core.config import parse_routing_spec
+from rstitch_core.config import NoRouter, parse_routing_spec
 from rstitch_eval.gsm8k import Problem
 from rstitch_eval.tasks import TASKS, Task
 

@@ -14,8 +14,8 @@ import torch
 from tqdm import tqdm
 
 from rstitch_core import Policy, RoutingParams, SamplingParams
-from rstitch_core.router.switch import RouterInput
 from rstitch_core.router import LearnedRouter
+from rstitch_core.router.switch import RouterInput
 
 
 @dataclass

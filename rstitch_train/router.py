@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from rstitch_core import Policy, RoutingParams, SamplingParams
 from rstitch_core.drafting.profile import CostProfile
-from rstitch_core.router.switch import RouterInput
 from rstitch_core.router import LearnedRouter
+from rstitch_core.router.switch import RouterInput
 from rstitch_train.labels import Decisions
 
 

@@ -19,13 +19,13 @@ import grpc
 
 from rstitch.v1 import rstitch_pb2 as pb
 from rstitch_core.config import DEFAULT_THRESHOLD
+from rstitch_core.drafting.cost_aware import CostAwareControl
 from rstitch_core.drafting.windows import DraftWindows
 from rstitch_core.events import Event, FinishEvent, SwitchEvent, TokenEvent
 from rstitch_core.models.loading import check_tokenizers, load_tokenizer
-from rstitch_core.drafting.cost_aware import CostAwareControl
 from rstitch_core.prompts import check_request
 from rstitch_core.sequence import Sequence
-from services.metrics import BUSY, CANCELLED, ERROR, INVALID, RequestRecorder, FrontendMetrics
+from services.metrics import BUSY, CANCELLED, ERROR, INVALID, FrontendMetrics, RequestRecorder
 from services.protocol import finish_response, switch_response, tokens_response
 from services.request_parsing import NoRouter, ParsedRequest, parse_request
 from services.session import Releases, RemoteSession

@@ -20,11 +20,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from rstitch_core.events import Event, FinishEvent
+from services.frontend import Frontend, ServerBusy, WorkerUnavailable
 from services.openai_protocol import Endpoint, FieldError, OpenAIRequest, UnknownModel, error_body, parse_openai
 from services.openai_routes import add_error_handlers, add_tokenizer_routes
 from services.openai_writer import ChoiceWriter, usage
 from services.request_parsing import NoRouter
-from services.frontend import Frontend, ServerBusy, WorkerUnavailable
 
 logger = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 5.0

@@ -13,8 +13,7 @@ from typing import Iterable, Iterator, Sequence, TypeVar
 
 from rstitch.v1 import rstitch_pb2 as pb
 from rstitch_core.config import Acceptance, Policy, RoutingParams, SamplingParams
-from rstitch_core.events import (Event, FinishEvent, FinishReason, GenerationStats, ModelStats,
-                                 SwitchEvent, TokenEvent)
+from rstitch_core.events import Event, FinishEvent, FinishReason, GenerationStats, ModelStats, SwitchEvent, TokenEvent
 from rstitch_core.generation import Generation
 from rstitch_core.prompts import validate_messages
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+
 from waiting import eventually
 
 # Greedy on the tiny pair (tests/tiny_models.py), no policy ends this prompt within HOLD_TOKENS

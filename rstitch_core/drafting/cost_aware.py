@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from rstitch_core.drafting.control import AcceptanceEstimate, choose_draft_limit
+from rstitch_core.drafting.profile import CostProfile
 from rstitch_core.drafting.windows import DraftWindows
 from rstitch_core.events import Source
-from rstitch_core.drafting.profile import CostProfile
 
 # While drafts do not pay at the current acceptance estimate but would at PROBE_RATE, every
 # PROBE_EVERY-th round drafts anyway: otherwise the estimate could never recover. A probe drafts

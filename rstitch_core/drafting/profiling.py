@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from rstitch_core.drafting.cost import fit_pass_cost
-from rstitch_core.models.backend import Cache, ModelBackend, PassRequest
 from rstitch_core.drafting.profile import CostProfile, runner_key
+from rstitch_core.models.backend import Cache, ModelBackend, PassRequest
 
 
 @dataclass(frozen=True)

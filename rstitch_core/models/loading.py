@@ -138,11 +138,11 @@ def resolve_backend(backend: str, sources, device: str | torch.device = "cpu") -
 def gguf_tokenizer(path: str | Path, name: str = "model"):
     """The Hugging Face tokenizer stored in a GGUF file, converted once and kept in the rstitch cache
     (converting a 151k-token vocabulary takes seconds; loading the saved one a fraction of that)."""
+    import json
+
     from transformers import AutoTokenizer
 
     from rstitch_core.assets import cache_root
-
-    import json
 
     path = Path(path).expanduser().resolve()
     stat = path.stat()

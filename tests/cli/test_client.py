@@ -10,13 +10,13 @@ import socket
 
 import grpc
 import pytest
-from serving import LocalFrontend
 
 from rstitch.v1 import rstitch_pb2 as pb
 from rstitch.v1 import rstitch_pb2_grpc
 from rstitch_cli.main import main
 from rstitch_core import RoutingParams, SamplingParams
 from services.client import RStitchClient
+from serving import LocalFrontend
 
 
 @pytest.fixture(scope="module")

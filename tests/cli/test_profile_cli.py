@@ -47,9 +47,9 @@ def test_profile_measures_once_then_reuses_and_recommends_a_dtype(pair_dirs, tmp
 def test_auto_prefill_follows_profiles_where_bf16_decodes_faster_but_prefills_slower(pair_dirs, tmp_path,
                                                                                      monkeypatch, capsys):
     # The AVX2 case: bf16 decodes (and verifies 8 drafts) faster, float32 runs long passes faster.
-    from rstitch_core.models.prefill import PrefillSpec
-    from rstitch_core.drafting.profile import profile_key
     from rstitch_cli.common import pair_configs as configs
+    from rstitch_core.drafting.profile import profile_key
+    from rstitch_core.models.prefill import PrefillSpec
 
     monkeypatch.setenv("RSTITCH_CACHE", str(tmp_path / "cache"))
     slm, llm = str(pair_dirs[0]), str(pair_dirs[1])

@@ -16,10 +16,10 @@ from pathlib import Path
 import grpc
 import psutil
 import pytest
-from serving import HOLD_PROMPT, HOLD_TOKENS, free_port
 
 from rstitch.v1 import rstitch_pb2 as pb
 from rstitch.v1 import rstitch_pb2_grpc
+from serving import HOLD_PROMPT, HOLD_TOKENS, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 240

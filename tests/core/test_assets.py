@@ -206,9 +206,10 @@ def test_import_loads_neither_torch_nor_transformers():
 def test_real_conversion_of_a_tiny_gguf_delivered_in_chunks(site, tmp_path):
     """The whole first-use path with the real converter: chunks -> GGUF -> bf16 folder -> load."""
     import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from gguf_writer import write_gguf
     from tiny_models import build_model, build_tokenizer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = build_tokenizer()
     model = build_model(len(tokenizer), seed=0, eos_token_id=tokenizer.eos_token_id)

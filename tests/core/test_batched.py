@@ -7,6 +7,7 @@ import torch
 
 from rstitch_core.models.batched import PassRequest, forward_batch, new_slot_kv
 
+
 def test_a_batched_pass_matches_batch_one_passes(engine):
     runner = engine.llm
     kv = new_slot_kv(runner.model)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gguf_writer import write_gguf
-from tiny_models import build_model, build_tokenizer
 
+from gguf_writer import write_gguf
 from rstitch_core.models.loading import load_model
+from tiny_models import build_model, build_tokenizer
 
 # Multi-digit numbers tell GPT-2's split regex from Qwen2's (which cuts digits one by one);
 # multi-byte text exercises the byte alphabet; the special tokens must stay whole.

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from rstitch_core import Engine, Generation, RoutingParams, SamplingParams
+from rstitch_core.drafting.profiling import Grid, profile_pair
 from rstitch_core.models.backend import PassRequest
 from rstitch_core.models.loading import load_model, resolve_backend
-from rstitch_core.drafting.profiling import Grid, profile_pair
 from rstitch_core.router import RouterError
 
 PROMPTS = ["the quick brown fox", "def add(a, b):", "Natalia sold clips"]

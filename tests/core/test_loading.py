@@ -2,9 +2,9 @@
 
 import pytest
 
-from tiny_models import build_tokenizer
 from rstitch_core import check_pair, load_model
 from rstitch_core.models.loading import native_bf16_cpu, parse_device, parse_dtype, resolve_dtype
+from tiny_models import build_tokenizer
 
 
 def test_folder_loads_with_dtype_and_metadata(pair_dirs):

@@ -7,11 +7,11 @@ import copy
 import pytest
 import torch
 
+from rstitch_core.events import ModelStats
 from rstitch_core.models.loading import load_model
 from rstitch_core.models.prefill import PrefillCopy, PrefillSpec
 from rstitch_core.models.runner import ModelRunner
 from rstitch_core.models.step_engine import Budget, StepEngine
-from rstitch_core.events import ModelStats
 from rstitch_core.sequence import ModelState
 from tiny_models import build_model, build_tokenizer
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import make_router
 
 from rstitch_core import Engine, Generation, RoutingParams, SamplingParams
-from rstitch_core.router.switch import RouterInput
 from rstitch_core.router import LearnedRouter, RouterConfig, RouterError
+from rstitch_core.router.switch import RouterInput
+from tiny_models import make_router
 
 PROMPT = "Natalia sold clips"
 N = 40

@@ -50,8 +50,8 @@ def test_stop_string_ends_the_stream_and_is_not_emitted(engine, policy):
 
 
 def test_context_window_ends_generation(pair_dirs, tmp_path):
-    from tiny_models import build_model, build_tokenizer
     from rstitch_core import ModelRunner
+    from tiny_models import build_model, build_tokenizer
 
     tok = build_tokenizer()
     small = [ModelRunner(build_model(len(tok), seed=s, max_positions=24, eos_token_id=-1), tok, n)

@@ -1,6 +1,5 @@
-from tiny_models import build_tokenizer
-
 from rstitch_core.text import IncrementalDetokenizer, TextOutput
+from tiny_models import build_tokenizer
 
 TEXT = "naïve café 日本語 🙂 crème brûlée\n\nThe answer is 72."
 

@@ -9,8 +9,22 @@ import json
 import pytest
 import yaml
 
-from .kube import (CRD_DIR, DNS_LABEL, PORT_NAME, RAYSERVICE, as_raycluster, crd_schema, custom_resources, groups,
-                   load_manifests, ports, quantity, ray_container, rayservice, schema_errors)
+from .kube import (
+    CRD_DIR,
+    DNS_LABEL,
+    PORT_NAME,
+    RAYSERVICE,
+    as_raycluster,
+    crd_schema,
+    custom_resources,
+    groups,
+    load_manifests,
+    ports,
+    quantity,
+    ray_container,
+    rayservice,
+    schema_errors,
+)
 
 GRPC_PORT, HTTP_PORT, METRICS_PORT = 9000, 8000, 8080
 KNOWN_KINDS = {"RayService", "PodMonitor", "ConfigMap"}

@@ -108,8 +108,8 @@ def log_tail(log: Path) -> str:
 def wait_until_served(address: str, proc: subprocess.Popen, log: Path) -> None:
     import grpc
 
-    from services.client import RStitchClient
     from rstitch_core import SamplingParams
+    from services.client import RStitchClient
 
     deadline = time.monotonic() + READY_TIMEOUT_S
     last = None

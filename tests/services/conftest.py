@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from serving import free_port
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file under $HOME for a test cluster

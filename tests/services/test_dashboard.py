@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from rstitch_core import RoutingParams, SamplingParams
-from serving import free_port
 from services.metrics import FRONTEND_METRICS, WORKER_METRICS
+from serving import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "rstitch.json"

@@ -11,7 +11,6 @@ import time
 import grpc
 import pytest
 import torch
-from serving import HOLD_PROMPT, HOLD_TOKENS, LocalFrontend
 
 from rstitch.v1 import rstitch_pb2 as pb
 from rstitch.v1 import rstitch_pb2_grpc
@@ -19,6 +18,7 @@ from rstitch_core.config import MIN_TEMPERATURE, SamplingParams
 from rstitch_core.sampling import Sampler
 from services import limits
 from services.openai_protocol import FieldError, parse_openai
+from serving import HOLD_PROMPT, HOLD_TOKENS, LocalFrontend
 
 OVER = limits.MAX_INPUT_CHARS + 1
 

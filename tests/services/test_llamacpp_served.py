@@ -8,10 +8,10 @@ import threading
 
 import grpc
 import pytest
-from serving import HOLD_PROMPT, HOLD_TOKENS, LocalFrontend
 
 from rstitch_core import Generation, RoutingParams, SamplingParams
 from services.client import RStitchClient
+from serving import HOLD_PROMPT, HOLD_TOKENS, LocalFrontend
 from waiting import eventually
 
 PROMPTS = ["the quick brown", "add 2 and 3", "def f(x):", "Natalia sold"]

@@ -6,12 +6,12 @@ import threading
 
 import grpc
 import pytest
-from serving import HOLD_PROMPT, HOLD_TOKENS, LocalFrontend
 
 from rstitch_core import Generation, RoutingParams, SamplingParams
 from rstitch_core.drafting.cost import PassCost
 from rstitch_core.drafting.profile import CostProfile, ProfileKey
 from services.client import RStitchClient
+from serving import HOLD_PROMPT, HOLD_TOKENS, LocalFrontend
 from waiting import eventually
 
 PROMPTS = ["the quick brown", "add 2 and 3", "def f(x):"]

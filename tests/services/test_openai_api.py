@@ -267,8 +267,8 @@ def test_a_client_that_disconnects_mid_stream_frees_its_session_in_both_workers(
 def test_an_unreachable_worker_is_503_and_grpc_unavailable():
     from ray.exceptions import ActorDiedError
 
-    from services.openai_api import error_status
     from services.frontend import _grpc_status, as_unavailable
+    from services.openai_api import error_status
 
     unavailable = as_unavailable(ActorDiedError())
     status, body = error_status(unavailable, None)

@@ -10,6 +10,7 @@ import urllib.request
 
 import openai
 import pytest
+
 from serving import openai_client
 
 PROMPT = "Natalia sold clips to 48 of her friends"

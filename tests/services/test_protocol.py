@@ -7,10 +7,16 @@ import sys
 import pytest
 
 from rstitch.v1 import rstitch_pb2 as pb
-from rstitch_core import (Generation, GenerationStats, ModelStats, Policy, RoutingParams, SamplingParams,
-                          TokenEvent)
-from services.protocol import (ResultBuilder, build_request, collect_responses, finish_response, switch_response,
-                               tokens_response, tokens_responses)
+from rstitch_core import Generation, GenerationStats, ModelStats, Policy, RoutingParams, SamplingParams, TokenEvent
+from services.protocol import (
+    ResultBuilder,
+    build_request,
+    collect_responses,
+    finish_response,
+    switch_response,
+    tokens_response,
+    tokens_responses,
+)
 from services.request_parsing import NoRouter, parse_request
 
 

@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 
 import rstitch.v1.rstitch_pb2 as pb
 from rstitch_core import Generation, RoutingParams, SamplingParams
-from serving import worker_states
 from services import limits
 from services.grpc_api import cancel_safe
 from services.request_parsing import parse_request
+from serving import worker_states
 
 APP_ARGS = {"max_sessions": 2, "max_concurrent_requests": 3, "router": None}
 PROMPT = "the quick brown fox"

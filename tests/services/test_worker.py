@@ -9,8 +9,8 @@ from rstitch_core.events import ModelStats
 from rstitch_core.policies.acceptance import Draft
 from rstitch_core.policies.phases import VerifyOp
 from rstitch_core.sequence import ModelState
-from serving import HOLD_PROMPT, HOLD_TOKENS
 from services.worker import LLMWorker, SessionReleased, TurnCall, WorkerConfig
+from serving import HOLD_PROMPT, HOLD_TOKENS
 
 
 def test_a_cancelled_call_frees_its_session_without_a_release_call(pair_dirs):

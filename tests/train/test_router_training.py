@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from tiny_models import make_router
 
 from rstitch_core.drafting.cost import PassCost
 from rstitch_core.drafting.profile import CostProfile, ProfileKey
@@ -22,6 +21,7 @@ from rstitch_train.router import (
     train_rl,
     train_supervised,
 )
+from tiny_models import make_router
 
 PROMPTS = ["Natalia sold clips", "def add(a, b):", "the quick brown fox", "Step 1: multiply."]
 # Made-up costs: every LLM pass costs 3x the SLM's, linear in new tokens.

@@ -2,9 +2,14 @@
 
 import pytest
 
+from rstitch_core.drafting.control import (
+    AcceptanceEstimate,
+    choose_draft_limit,
+    drafting_can_pay,
+    expected_tokens,
+    tokens_per_second,
+)
 from rstitch_core.drafting.cost import PassCost
-from rstitch_core.drafting.control import (AcceptanceEstimate, choose_draft_limit, drafting_can_pay, expected_tokens,
-                                        tokens_per_second)
 from rstitch_core.drafting.profile import CostProfile, ProfileKey
 
 KEY = ProfileKey("qwen2-small", "qwen2-large", "bfloat16", "cpu", "Test CPU", 2)

@@ -4,10 +4,9 @@ they can, and LLM-only output either way."""
 import pytest
 
 from rstitch_core import Generation, RoutingParams, SamplingParams
-from rstitch_core.drafting.cost import PassCost
 from rstitch_core.drafting.control import choose_draft_limit
-from rstitch_core.drafting.cost_aware import (PROBE_EVERY, PROBE_RATE, WINDOW_PLAIN_TOKENS, CostAwareControl,
-                                              cost_aware)
+from rstitch_core.drafting.cost import PassCost
+from rstitch_core.drafting.cost_aware import PROBE_EVERY, PROBE_RATE, WINDOW_PLAIN_TOKENS, CostAwareControl, cost_aware
 from rstitch_core.drafting.profile import CostProfile, ProfileKey
 
 KEY = ProfileKey("slm", "llm", "float32", "cpu", "Test CPU", 2)
@@ -84,8 +83,8 @@ def test_no_probes_where_drafts_would_pay_only_at_an_acceptance_near_one():
 def test_rounds_without_drafts_decode_alone_until_the_next_probe(close_pair):
     """One VerifyOp covers many plain tokens: served, that is one worker call, not one per token
     (after the first round's one token)."""
-    from rstitch_core.policies.loop import Handoff, Steps, decode
     from rstitch_core.models.step_engine import run_inline
+    from rstitch_core.policies.loop import Handoff, Steps, decode
     from rstitch_core.policies.phases import VerifyOp, run_phase
     from rstitch_core.sampling import Sampler
     from rstitch_core.sequence import ModelState, Sequence

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from rstitch_core.drafting.cost import PassCost, fit_pass_cost
-from rstitch_core.drafting.profile import CostProfile, ProfileKey, cached_profile, choose_dtype, default_path, profile_key
+from rstitch_core.drafting.profile import (
+    CostProfile,
+    ProfileKey,
+    cached_profile,
+    choose_dtype,
+    default_path,
+    profile_key,
+)
 from rstitch_core.drafting.profiling import CPU_GRID, GPU_GRID, Grid, profile_pair
 
 KEY = ProfileKey("qwen2-small", "qwen2-large", "bfloat16", "cpu", "Test CPU", 2)
