@@ -40,14 +40,19 @@ class ConfigError(ValueError):
 
     def __init__(self, field: str | None, message: str):
         super().__init__(message)
-        self.field = field
+        self.field = field or None
 
     def __reduce__(self):  # crosses process boundaries (Ray) with its field
         return type(self), (self.field, str(self))
 
     def under(self, prefix: str) -> ConfigError:
         """The same error one level down a request ("routing." + "threshold"): field and message prefixed."""
-        return type(self)(prefix + self.field if self.field else prefix.rstrip("."), f"{prefix}{self}")
+        message = str(self)
+        if not self.field:  # the object as a whole: "rstitch: unknown field 'tau'; ..."
+            return type(self)(prefix.rstrip("."), f"{prefix.rstrip('.')}: {message}")
+        if not message.startswith(self.field):  # "unknown policy 'x'": name the field first
+            message = f"{self.field}: {message}"
+        return type(self)(prefix + self.field, f"{prefix}{message}")
 
 
 class NoRouter(ConfigError):
@@ -226,8 +231,9 @@ class RoutingParams:
         with it is refused; any other policy without a threshold gets `default_threshold`.
         ConfigError names the field."""
         unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
-        _require(not unknown, unknown[0] if unknown else "", f"unknown routing field {unknown[:1]!r}; accepted: "
-                 f"{', '.join(f.name for f in dataclasses.fields(cls))}")
+        if unknown:
+            raise ConfigError(None, f"unknown field {unknown[0]!r}; accepted: "
+                                    f"{', '.join(f.name for f in dataclasses.fields(cls))}")
         values = {name: value for name, value in fields.items() if value is not None}
         policy = Policy.parse(values.get("policy", cls.policy))
         if policy is Policy.RSTITCH_PLUS:

@@ -82,7 +82,7 @@ def test_rstitch_plus_with_a_threshold_is_invalid_argument(service):
         with pytest.raises(grpc.RpcError) as err:
             list(c._stub.Generate(request))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "routing.threshold must be unset for POLICY_RSTITCH_PLUS (it runs at its router's tau = 0.5)" in (
+    assert "routing.threshold must be unset for policy rstitch+ (it runs at its router's tau = 0.5)" in (
         err.value.details())
 
 
