@@ -171,8 +171,8 @@ def _check(asset: Asset, path: Path, sha256: str) -> None:
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     """Dequantize a GGUF file to bfloat16 and `save_pretrained` model and tokenizer into `out_dir`."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    import torch  # only to convert a default-pair model: the rest of assets runs before torch is needed
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig  # (as torch above)
 
     kwargs = dict(gguf_file=gguf_path.name, local_files_only=True)
     # dequantize=True makes transformers drop its quantization marker itself (hf_quantizer,
@@ -287,7 +287,7 @@ def ensure_default_pair(cache_dir: str | Path | None = None, progress: bool = Tr
 def _lock(path: Path) -> Iterator[None]:
     # Replicas starting together would otherwise each spend a minute converting the same model.
     try:
-        import fcntl
+        import fcntl  # POSIX only (see except)
     except ImportError:  # not POSIX: no cross-process lock, the atomic rename still holds
         yield
         return

@@ -11,6 +11,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers.initialization import no_init_weights
 
 from rstitch_core.models.loading import parse_device, parse_dtype
 from rstitch_core.models.runner import ModelRunner
@@ -30,8 +32,6 @@ SHAPES: dict[str, dict] = {
 
 def shape_config(name: str):
     """The transformers config of a built-in shape (ValueError naming the known ones otherwise)."""
-    from transformers import Qwen2Config
-
     if name not in SHAPES:
         raise ValueError(f"unknown model shape {name!r}; built in: {', '.join(SHAPES)}")
     config = Qwen2Config(**SHAPES[name])
@@ -47,9 +47,6 @@ def build_shape(name: str, dtype: str | torch.dtype = "bfloat16", device: str | 
     cores); every weight is instead a tiling of one small random block, small enough that no
     activation under- or overflows.
     """
-    from transformers import Qwen2ForCausalLM
-    from transformers.initialization import no_init_weights
-
     config, torch_dtype, dev = shape_config(name), parse_dtype(dtype), parse_device(device)
     with no_init_weights(), torch.device(dev):
         model = Qwen2ForCausalLM._from_config(config, dtype=torch_dtype)

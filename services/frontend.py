@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import AsyncIterator, Callable
 
 import grpc
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from rstitch.v1 import rstitch_pb2 as pb
 from rstitch_core.config import DEFAULT_THRESHOLD
 from rstitch_core.drafting.cost_aware import CostAwareControl
+from rstitch_core.drafting.profile import CostProfile
 from rstitch_core.drafting.windows import DraftWindows
 from rstitch_core.events import Event, FinishEvent, SwitchEvent, TokenEvent
 from rstitch_core.models.loading import check_tokenizers, load_tokenizer
@@ -237,9 +240,6 @@ def _grpc_status(err: Exception, rid: str) -> tuple[grpc.StatusCode, str]:
 def as_unavailable(err: Exception) -> WorkerUnavailable | None:
     """WorkerUnavailable for an error that says a worker cannot be reached (a replica lost beyond
     the session's retries, or no replica to take the call); None for any other error."""
-    from ray.exceptions import ActorUnavailableError, RayActorError
-    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-
     if isinstance(err, (RayActorError, ActorUnavailableError, BackPressureError, DeploymentUnavailableError)):
         return WorkerUnavailable(f"a worker is unavailable ({type(err).__name__}); retry later")
     return None
@@ -288,8 +288,6 @@ def _load_cost_profile(path: str | None):
     """The serving cost profile (AppConfig.cost_profile), or None; logged so operators see it."""
     if path is None:
         return None
-    from rstitch_core.drafting.profile import CostProfile
-
     profile = CostProfile.load(path)
     logger.info("cost profile %s (%s, %s): drafts are priced by it", path, profile.key.hardware, profile.key.dtype)
     return profile

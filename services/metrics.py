@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ray.serve import metrics
+
 from rstitch_core.events import FinishEvent, Source, SwitchEvent, TokenEvent
 
 ENTROPY_BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0]
@@ -92,8 +94,6 @@ WORKER_METRICS = {
 
 
 def _make(specs: dict[str, MetricSpec]) -> dict[str, object]:
-    from ray.serve import metrics
-
     made = {}
     for name, spec in specs.items():
         if spec.kind == "histogram":

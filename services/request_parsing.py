@@ -9,6 +9,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
+from google.protobuf import unknown_fields
+
 from rstitch.v1 import rstitch_pb2 as pb
 from rstitch_core.config import DEFAULT_THRESHOLD, ConfigError, RoutingParams, SamplingParams
 from rstitch_core.config import NoRouter as CoreNoRouter
@@ -79,8 +81,6 @@ def _check_sizes(req: pb.GenerateRequest) -> None:
 def _reject_unknown_fields(message, path: str) -> None:
     """A field this API does not define, or one sent with the wrong wire type (which protobuf
     keeps aside as unknown), is a client bug: name it rather than silently ignore it."""
-    from google.protobuf import unknown_fields
-
     for field in unknown_fields.UnknownFieldSet(message):
         known = message.DESCRIPTOR.fields_by_number.get(field.field_number)
         what = (f"{path}{known.name} (field {field.field_number}) has the wrong wire type {field.wire_type}"

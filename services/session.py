@@ -14,6 +14,8 @@ import logging
 from dataclasses import replace
 from typing import AsyncIterator
 
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
 from rstitch_core.events import Event, ModelStats, Source, TokenEvent
 from rstitch_core.policies.acceptance import Draft
 from rstitch_core.policies.loop import DraftControl, Handoff, Rollback, Steps, decode
@@ -31,8 +33,6 @@ RETRY_BACKOFF_S = 0.25
 
 
 def _is_replica_failure(err: BaseException) -> bool:
-    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-
     return isinstance(err, (RayActorError, ActorDiedError, ActorUnavailableError))
 
 

@@ -8,9 +8,13 @@ a connection that just drops when the processes are stopped.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import time
 from typing import Callable
+
+import ray
+from ray import serve
 
 
 class Drain:
@@ -58,8 +62,6 @@ async def _wait_idle(active: Callable[[], int], timeout_s: float) -> bool:
 def drain_frontend(grace_s: float, app: str = "rstitch") -> dict:
     """Drain the app's Frontend replica (from a driver connected to its Ray cluster): what
     `rstitch serve` does on its first signal and a head pod's preStop hook does before SIGTERM."""
-    from ray import serve
-
     frontend = serve.get_deployment_handle("Frontend", app)
     return frontend.drain.remote(grace_s).result(timeout_s=grace_s + 15)
 
@@ -68,10 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m services.shutdown --grace-period S`: a Kubernetes preStop hook on the pod holding
     the Frontend. The pod keeps serving until the hook returns, so the streams in flight finish
     (or are cut with UNAVAILABLE) before the container gets SIGTERM."""
-    import argparse
-
-    import ray
-
     parser = argparse.ArgumentParser(prog="python -m services.shutdown", description=main.__doc__)
     parser.add_argument("--grace-period", type=float, required=True, metavar="SECONDS")
     parser.add_argument("--app", default="rstitch", help="the Serve application name (default: %(default)s)")

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import AsyncIterator, Generator
 
 import torch
+from ray import serve
 
 from rstitch_core.config import Policy
 from rstitch_core.events import ModelStats, Source
@@ -26,6 +27,7 @@ from rstitch_core.models.loading import BACKEND_CHOICES, load_model, resolve_bac
 from rstitch_core.models.prefill import PrefillSpec
 from rstitch_core.models.step_engine import DROPPED, Budget, StepEngine
 from rstitch_core.policies.phases import run_phase
+from rstitch_core.router import LearnedRouter
 from rstitch_core.sampling import Sampler
 from rstitch_core.sequence import ModelState, Sequence
 from services.metrics import WorkerMetrics
@@ -112,8 +114,6 @@ class ModelWorker:
         if config.router is not None:
             if self.role != "slm":
                 raise ValueError("a router runs in the SLM worker; give it to the SLM only")
-            from rstitch_core.router import LearnedRouter
-
             # Running it here, next to the hidden states, costs no extra round trip.
             self.router = LearnedRouter.load(config.router, slm=base)
         max_cached = min(config.max_cached_tokens, getattr(base, "capacity", config.max_cached_tokens))
@@ -289,8 +289,6 @@ def resolve_model_weights(weights: str | None, role: Source, backend: str = "tor
 
 def _replica_id() -> str | None:
     try:
-        from ray import serve
-
         return serve.get_replica_context().replica_id.unique_id
     except Exception:  # noqa: BLE001 - not running inside a Serve replica
         return None

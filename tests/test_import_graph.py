@@ -103,3 +103,18 @@ def test_layers_import_only_downwards():
              if m.split(".")[0] in below and t.split(".")[0] != m.split(".")[0]
              and t.split(".")[0] not in below[m.split(".")[0]]]
     assert wrong == []
+
+
+def test_function_local_imports_in_core_and_services_say_why():
+    """An import inside a function hides a dependency (or a cycle): in the core and the services
+    each one carries its reason on its line."""
+    silent = []
+    for module, path in modules().items():
+        if not module.startswith(("rstitch_core", "services")):
+            continue
+        lines = path.read_text().splitlines()
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                silent += [f"{module}:{n.lineno}" for n in ast.walk(fn)
+                           if isinstance(n, (ast.Import, ast.ImportFrom)) and "#" not in lines[n.lineno - 1]]
+    assert silent == []

@@ -19,8 +19,11 @@ from typing import Iterable
 
 import torch
 
+from rstitch_core.assets import cache_root
 from rstitch_core.drafting.cost import PassCost
 from rstitch_core.models.backend import model_id
+from rstitch_core.models.gguf_info import GGUFInfo
+from rstitch_core.models.loading import cpuinfo_field, parse_device, parse_dtype
 from rstitch_core.models.prefill import PrefillSpec
 
 FORMAT = "rstitch-cost-profile/1"
@@ -119,8 +122,6 @@ def hardware_name(device: torch.device) -> str:
     in the environment (ISA_LIMITS) appended: such a run is another machine for pass costs."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from rstitch_core.models.loading import cpuinfo_field
-
     name = cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown-cpu"
     limits = [f"{var}={os.environ[var]}" for var in ISA_LIMITS if os.environ.get(var)]
     return f"{name} [{' '.join(limits)}]" if limits else name
@@ -128,8 +129,6 @@ def hardware_name(device: torch.device) -> str:
 
 def profile_key(slm_config, llm_config, dtype: str | torch.dtype, device: str | torch.device) -> ProfileKey:
     """The key of a pair (their transformers configs) in `dtype` on `device` (on this machine)."""
-    from rstitch_core.models.loading import parse_device, parse_dtype
-
     dtype, device = str(parse_dtype(dtype)).removeprefix("torch."), parse_device(device)
     threads = torch.get_num_threads() if device.type == "cpu" else 0
     return ProfileKey(model_id(slm_config), model_id(llm_config), dtype, device.type, hardware_name(device), threads)
@@ -144,8 +143,6 @@ def runner_key(slm, llm) -> ProfileKey:
 def gguf_key(slm_path: str | Path, llm_path: str | Path, threads: int | None = None) -> ProfileKey:
     """The key a pair of GGUF files has on the llama.cpp backend here, read from their headers
     (what runner_key gives once they are loaded with `threads`, default every core we may use)."""
-    from rstitch_core.models.gguf_info import GGUFInfo
-
     threads = threads or len(os.sched_getaffinity(0))
     return ProfileKey(GGUFInfo.read(slm_path).model_id, GGUFInfo.read(llm_path).model_id, "gguf", "cpu",
                       hardware_name(torch.device("cpu")), threads)
@@ -153,8 +150,6 @@ def gguf_key(slm_path: str | Path, llm_path: str | Path, threads: int | None = N
 
 def default_path(key: ProfileKey, cache_dir: str | Path | None = None) -> Path:
     """Where a profile for `key` is kept: <rstitch cache>/profiles/<key slug>.json."""
-    from rstitch_core.assets import cache_root
-
     return cache_root(cache_dir) / "profiles" / f"{key.slug()}.json"
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from rstitch_core.drafting.cost import fit_pass_cost
-from rstitch_core.drafting.profile import CostProfile, runner_key
+from rstitch_core.drafting.profile import CostProfile, cached_profile, default_path, runner_key
 from rstitch_core.models.backend import Cache, ModelBackend, PassRequest
 
 
@@ -109,8 +109,6 @@ def profile_pair(slm: ModelBackend, llm: ModelBackend, grid: Grid | None = None,
 
 def cached_or_measured(slm: ModelBackend, llm: ModelBackend, cache_dir=None, log=None) -> CostProfile:
     """The pair's saved profile for this machine, or a fresh one measured now and saved (start-up)."""
-    from rstitch_core.drafting.profile import cached_profile, default_path
-
     key = runner_key(slm, llm)
     profile = cached_profile(key, cache_dir)
     if profile is None:

@@ -41,7 +41,7 @@ def _llama():
     """The llama_cpp module, its backend initialized once per process and its log quiet."""
     global _initialized
     try:
-        import llama_cpp
+        import llama_cpp  # optional (the llamacpp extra): only where this backend runs
     except ImportError as err:
         raise ValueError(f"the llama.cpp backend needs llama-cpp-python ({err}): pip install 'rstitch[llamacpp]', "
                          f"or use --backend torch") from None

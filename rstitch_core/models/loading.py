@@ -3,12 +3,16 @@ the torch backend (any source) or the llama.cpp backend (GGUF files); see resolv
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rstitch_core.assets import cache_root
 from rstitch_core.models.backend import BACKENDS
+from rstitch_core.models.llamacpp import LlamaCppRunner, llamacpp_available
 from rstitch_core.models.prefill import PrefillCopy, PrefillSpec
 from rstitch_core.models.runner import ModelRunner
 
@@ -124,8 +128,6 @@ def resolve_backend(backend: str, sources, device: str | torch.device = "cpu") -
         return backend, "asked for"
     if backend == "torch":
         return backend, "asked for"
-    from rstitch_core.models.llamacpp import llamacpp_available
-
     if on_gpu:
         return "torch", "auto: GPUs run the torch backend"
     if not_gguf:
@@ -138,12 +140,6 @@ def resolve_backend(backend: str, sources, device: str | torch.device = "cpu") -
 def gguf_tokenizer(path: str | Path, name: str = "model"):
     """The Hugging Face tokenizer stored in a GGUF file, converted once and kept in the rstitch cache
     (converting a 151k-token vocabulary takes seconds; loading the saved one a fraction of that)."""
-    import json
-
-    from transformers import AutoTokenizer
-
-    from rstitch_core.assets import cache_root
-
     path = Path(path).expanduser().resolve()
     stat = path.stat()
     folder = cache_root() / "tokenizers" / f"{path.stem}-{stat.st_size}-{stat.st_mtime_ns}"
@@ -187,8 +183,6 @@ def load_model(source: str, dtype: str | torch.dtype = "float32", device: str | 
         path = Path(source).expanduser()
         if not path.is_file():
             raise ValueError(f"{name}: model path {source!r} does not exist")
-        from rstitch_core.models.llamacpp import LlamaCppRunner
-
         return LlamaCppRunner(path, gguf_tokenizer(path, name), name, threads, context_tokens, max_sequences)
     if backend != "torch":
         raise ValueError(f"{name}: backend must be torch or llamacpp here (resolve auto first), got {backend!r}")
@@ -204,8 +198,6 @@ def load_torch_model(source: str, dtype: str | torch.dtype = "float32", device: 
     load a copy in its dtype for long passes (models/prefill.py; the weights' memory once more).
     Raises ValueError when the source does not exist or cannot be read as a model.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
     torch_dtype, dev = parse_dtype(dtype), parse_device(device)
     if prefill is not None and parse_dtype(prefill.dtype) == torch_dtype:
@@ -259,8 +251,6 @@ def check_tokenizers(slm_tokenizer, llm_tokenizer) -> None:
 
 def load_tokenizer(source: str, name: str = "model"):
     """The tokenizer alone (no weights) from any model source load_model accepts."""
-    from transformers import AutoTokenizer
-
     if is_gguf(source) and Path(source).expanduser().is_file():
         return gguf_tokenizer(source, name)
     folder, kwargs = resolve_source(source, name)

@@ -14,8 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
+from rstitch_core.models.llamacpp import HIDDEN_REFUSAL
 from rstitch_core.router.switch import RouterInput
 
 FORMAT = "rstitch-router"
@@ -115,8 +118,6 @@ class LearnedRouter:
     def check_slm(self, slm) -> None:
         """Raise RouterError unless `slm` (a ModelRunner) is the SLM this router was trained on."""
         if getattr(slm, "backend", "torch") != "torch":
-            from rstitch_core.models.llamacpp import HIDDEN_REFUSAL
-
             raise RouterError(f"R-Stitch+ (rstitch+): {HIDDEN_REFUSAL}")
         found = slm_fingerprint(slm)
         if found != self.config.slm_fingerprint or slm.hidden_size != self.config.hidden_size:
@@ -133,8 +134,6 @@ class LearnedRouter:
         return self
 
     def save(self, path: str | Path) -> None:
-        from safetensors.torch import save_file
-
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
         meta = {"format": FORMAT, "version": str(VERSION), "config": json.dumps(asdict(self.config))}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -143,8 +142,6 @@ class LearnedRouter:
     @classmethod
     def load(cls, path: str | Path, slm=None) -> LearnedRouter:
         """Read a router file; with `slm` (a ModelRunner) also check it and bind to its device."""
-        from safetensors import safe_open
-
         path = Path(path)
         if not path.is_file():
             raise RouterError(f"router file {str(path)!r} does not exist")
