@@ -195,7 +195,7 @@ class Frontend:
         rid = ""
         try:
             prepared = await self.prepare(lambda pair: parse_request(request, self.default_threshold,
-                                                                     pair["router_tau"]))
+                                                                     pair["router_tau"], pair["vocab_size"]))
             rid = prepared.request.request_id
             async with aclosing(self.stream(prepared)) as events:
                 async for event in events:

@@ -16,6 +16,7 @@ MAX_STOP_CHARS = 256  # per stop string
 MAX_MESSAGES = 256
 MAX_INPUT_CHARS = 262_144  # a prompt, or the roles and contents of all chat messages together
 MAX_REQUEST_BYTES = 1_048_576  # the serialized request (gRPC) or body (HTTP)
+MAX_LOGIT_BIAS = 1024  # token ids in one request's logit_bias: each is applied at every pass
 
 LIMITS = {"request_id_bytes": MAX_REQUEST_ID_BYTES, "stop_strings": MAX_STOP_STRINGS,
           "stop_chars": MAX_STOP_CHARS, "messages": MAX_MESSAGES, "input_chars": MAX_INPUT_CHARS,

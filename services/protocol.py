@@ -54,6 +54,12 @@ def build_request(prompt: str | None = None, messages: Sequence[dict] | None = N
     if sampling.seed is not None:
         s.seed = sampling.seed
     s.stop.extend(sampling.stop)
+    s.presence_penalty, s.frequency_penalty, s.repetition_penalty = (
+        sampling.presence_penalty, sampling.frequency_penalty, sampling.repetition_penalty)
+    s.min_p, s.min_tokens, s.ignore_eos = sampling.min_p, sampling.min_tokens, sampling.ignore_eos
+    s.logit_bias.update(dict(sampling.logit_bias))
+    if sampling.logprobs is not None:
+        s.logprobs = sampling.logprobs
     r = req.routing
     r.policy, r.acceptance = POLICY_ENUMS[routing.policy], ACCEPTANCE_ENUMS[routing.acceptance]
     if routing.draft_tokens is not None:
@@ -74,9 +80,13 @@ def tokens_response(request_id: str, events: Sequence[TokenEvent]) -> pb.Generat
     first = events[0].index
     if [e.index for e in events] != list(range(first, first + len(events))):
         raise ValueError(f"token events must be consecutive, got indices {[e.index for e in events]}")
-    return pb.GenerateResponse(request_id=request_id, tokens=pb.Tokens(
-        index=first, token_ids=[e.token_id for e in events], sources=[MODELS[e.source] for e in events],
-        entropies=[e.entropy for e in events], text="".join(e.text for e in events)))
+    tokens = pb.Tokens(index=first, token_ids=[e.token_id for e in events], sources=[MODELS[e.source] for e in events],
+                       entropies=[e.entropy for e in events], text="".join(e.text for e in events))
+    if events[0].logprob is not None:  # asked for (sampling.logprobs): every token of the request has one
+        tokens.logprobs.extend(e.logprob for e in events)
+        tokens.top_logprobs.extend(pb.TopLogprobs(token_ids=[t for t, _ in e.top_logprobs or ()],
+                                                  logprobs=[lp for _, lp in e.top_logprobs or ()]) for e in events)
+    return pb.GenerateResponse(request_id=request_id, tokens=tokens)
 
 
 def tokens_responses(request_id: str, events: Sequence[TokenEvent]) -> list[pb.GenerateResponse]:
@@ -149,8 +159,12 @@ class ResultBuilder:
             raise ValueError(f"tokens: {len(t.token_ids)} token_ids, {len(t.sources)} sources and "
                              f"{len(t.entropies)} entropies must have the same length")
         n = len(t.token_ids)
+        if t.logprobs and not len(t.logprobs) == len(t.top_logprobs) == n:
+            raise ValueError(f"tokens: {len(t.logprobs)} logprobs and {len(t.top_logprobs)} top_logprobs for "
+                             f"{n} tokens")
+        logprobs = [(lp, tuple(zip(top.token_ids, top.logprobs))) for lp, top in zip(t.logprobs, t.top_logprobs)]
         events = [TokenEvent(t.index + i, tok, t.text if i == n - 1 else "",
-                             _enum_value(MODELS, src, "tokens.sources"), ent)
+                             _enum_value(MODELS, src, "tokens.sources"), ent, *(logprobs[i] if logprobs else ()))
                   for i, (tok, src, ent) in enumerate(zip(t.token_ids, t.sources, t.entropies))]
         self.tokens.extend(events)
         self.text += t.text

@@ -41,7 +41,7 @@ class NoRouter(RuntimeError):
 
 
 def parse_request(req: pb.GenerateRequest, default_threshold: float | None = None,
-                  router_tau: float | None = None) -> ParsedRequest:
+                  router_tau: float | None = None, vocab_size: int | None = None) -> ParsedRequest:
     """Validate a request and fill unset optional fields with the core defaults
     (an unset routing.threshold with `default_threshold` when given: the server's tau). rstitch+
     runs at `router_tau`, the tau of the server's router (NoRouter when it has none).
@@ -55,7 +55,7 @@ def parse_request(req: pb.GenerateRequest, default_threshold: float | None = Non
     _check_sizes(req)
     _reject_unknown_fields(req, "")
     prompt, messages = _parse_input(req)
-    return ParsedRequest(prompt, messages, _parse_sampling(req.sampling),
+    return ParsedRequest(prompt, messages, _parse_sampling(req.sampling, vocab_size),
                          _parse_routing(req.routing, default_threshold, router_tau), req.request_id or uuid.uuid4().hex)
 
 
@@ -87,8 +87,8 @@ def _reject_unknown_fields(message, path: str) -> None:
                 if known else f"{path or 'request'}: unknown field number {field.field_number}")
         raise ValueError(what)
     for descriptor, value in message.ListFields():
-        if descriptor.message_type is None:
-            continue
+        if descriptor.message_type is None or descriptor.message_type.GetOptions().map_entry:
+            continue  # scalars, and maps of scalars (logit_bias): nothing nested to hide a field in
         items = value if descriptor.is_repeated else [value]
         for i, item in enumerate(items):
             index = f"[{i}]" if descriptor.is_repeated else ""
@@ -108,10 +108,15 @@ def _parse_input(req: pb.GenerateRequest) -> tuple[str | None, list[dict] | None
     return None, _prefixed("messages.", lambda: validate_messages(raw))
 
 
-def _parse_sampling(s: pb.SamplingParams) -> SamplingParams:
+def _parse_sampling(s: pb.SamplingParams, vocab_size: int | None = None) -> SamplingParams:
     for i, stop in enumerate(s.stop):
         if not stop:
             raise ValueError(f"sampling.stop[{i}] must be a non-empty string, got ''")
+    if len(s.logit_bias) > limits.MAX_LOGIT_BIAS:
+        raise ValueError(f"sampling.logit_bias holds at most {limits.MAX_LOGIT_BIAS} token ids, got {len(s.logit_bias)}")
+    for token in s.logit_bias:
+        if vocab_size is not None and token >= vocab_size:
+            raise ValueError(f"sampling.logit_bias keys must be token ids in [0, {vocab_size}), got {token}")
     d = SamplingParams()
     return _prefixed("sampling.", lambda: SamplingParams(
         max_new_tokens=s.max_new_tokens if s.HasField("max_new_tokens") else d.max_new_tokens,
@@ -119,7 +124,16 @@ def _parse_sampling(s: pb.SamplingParams) -> SamplingParams:
         top_p=_float32(s.top_p) if s.HasField("top_p") else d.top_p,
         top_k=s.top_k if s.HasField("top_k") else d.top_k,
         seed=s.seed if s.HasField("seed") else None,
-        stop=tuple(s.stop)))
+        stop=tuple(s.stop),
+        presence_penalty=_float32(s.presence_penalty) if s.HasField("presence_penalty") else d.presence_penalty,
+        frequency_penalty=_float32(s.frequency_penalty) if s.HasField("frequency_penalty") else d.frequency_penalty,
+        repetition_penalty=(_float32(s.repetition_penalty) if s.HasField("repetition_penalty")
+                            else d.repetition_penalty),
+        logit_bias=tuple((token, _float32(bias)) for token, bias in s.logit_bias.items()),
+        min_p=_float32(s.min_p) if s.HasField("min_p") else d.min_p,
+        min_tokens=s.min_tokens if s.HasField("min_tokens") else d.min_tokens,
+        ignore_eos=s.ignore_eos if s.HasField("ignore_eos") else d.ignore_eos,
+        logprobs=s.logprobs if s.HasField("logprobs") else None))
 
 
 def _parse_routing(r: pb.RoutingParams, default_threshold: float | None, router_tau: float | None) -> RoutingParams:

@@ -10,7 +10,9 @@ import pytest
 from rstitch_core import Generation, RoutingParams, SamplingParams
 from rstitch_core.drafting.cost import PassCost
 from rstitch_core.drafting.profile import CostProfile, ProfileKey
+from rstitch_core.events import TokenEvent
 from services.client import RStitchClient
+from services.protocol import ResultBuilder
 from serving import HOLD_PROMPT, HOLD_TOKENS, LocalFrontend
 from waiting import eventually
 
@@ -70,3 +72,25 @@ def test_a_cancelled_stream_frees_its_session_in_both_workers(frontend):
             list(stream)
         assert err.value.code() is grpc.StatusCode.CANCELLED
     wait_until_released(frontend)
+
+
+def test_grpc_carries_the_logits_controls_and_logprobs(frontend, engine):
+    """gRPC parity with the OpenAI API: penalties and logit_bias reach the core (verified with exact
+    acceptance still equals llm under them, and they change the output), and every token carries
+    the LLM's log-probability and its top alternatives, as in-process."""
+    sampling = SamplingParams(max_new_tokens=16, presence_penalty=1.5, repetition_penalty=1.3,
+                              logit_bias=((5, 3.0),), min_tokens=4, logprobs=2)
+    llm = RoutingParams(policy="llm")
+    want = [e for e in engine.generate(PROMPTS[0], sampling=sampling, routing=llm) if isinstance(e, TokenEvent)]
+    plain = Generation.collect(engine.generate(PROMPTS[0], sampling=SamplingParams(max_new_tokens=16), routing=llm))
+    assert [e.token_id for e in want] != list(plain.token_ids)  # the controls do something
+    with RStitchClient(frontend.address, timeout=120) as client:
+        stream = client.generate(PROMPTS[0], sampling=sampling,
+                                 routing=RoutingParams(policy="verified", threshold=0.5, draft_tokens=3))
+        got = [e for e in ResultBuilder().events(stream) if isinstance(e, TokenEvent)]
+    assert [e.token_id for e in got] == [e.token_id for e in want]
+    assert [e.logprob for e in got] == pytest.approx([e.logprob for e in want], abs=1e-4)
+    assert all(len(e.top_logprobs) == 2 and e.top_logprobs[0][1] >= e.logprob - 1e-4 for e in got)
+    with RStitchClient(frontend.address, timeout=120) as client, pytest.raises(grpc.RpcError) as err:
+        list(client.generate(PROMPTS[0], sampling=SamplingParams(max_new_tokens=4, logit_bias=((10**6, 1.0),))))
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "sampling.logit_bias keys" in err.value.details()

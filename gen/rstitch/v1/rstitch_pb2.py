@@ -24,23 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rstitch/v1/rstitch.proto\x12\nrstitch.v1\"\xc4\x01\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12(\n\x08messages\x18\x02 \x01(\x0b\x32\x14.rstitch.v1.MessagesH\x00\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.rstitch.v1.SamplingParams\x12*\n\x07routing\x18\x04 \x01(\x0b\x32\x19.rstitch.v1.RoutingParams\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\x07\n\x05input\"5\n\x08Messages\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.rstitch.v1.ChatMessage\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xd0\x01\n\x0eSamplingParams\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\tB\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"\xdf\x01\n\rRoutingParams\x12\"\n\x06policy\x18\x01 \x01(\x0e\x32\x12.rstitch.v1.Policy\x12\x16\n\tthreshold\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x19\n\x0c\x64raft_tokens\x18\x03 \x01(\rH\x01\x88\x01\x01\x12*\n\nacceptance\x18\x04 \x01(\x0e\x32\x16.rstitch.v1.Acceptance\x12\x1a\n\rrelaxed_ratio\x18\x05 \x01(\x02H\x02\x88\x01\x01\x42\x0c\n\n_thresholdB\x0f\n\r_draft_tokensB\x10\n\x0e_relaxed_ratio\"\xac\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x06tokens\x18\x02 \x01(\x0b\x32\x12.rstitch.v1.TokensH\x00\x12/\n\x0cswitch_event\x18\x03 \x01(\x0b\x32\x17.rstitch.v1.SwitchEventH\x00\x12$\n\x06\x66inish\x18\x04 \x01(\x0b\x32\x12.rstitch.v1.FinishH\x00\x42\x07\n\x05\x65vent\"o\n\x06Tokens\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\"\n\x07sources\x18\x03 \x03(\x0e\x32\x11.rstitch.v1.Model\x12\x11\n\tentropies\x18\x04 \x03(\x02\x12\x0c\n\x04text\x18\x05 \x01(\t\"g\n\x0bSwitchEvent\x12.\n\tdirection\x18\x01 \x01(\x0e\x32\x1b.rstitch.v1.SwitchDirection\x12\x10\n\x08position\x18\x02 \x01(\r\x12\x16\n\x0eprefill_tokens\x18\x03 \x01(\r\"T\n\x06\x46inish\x12(\n\x06reason\x18\x01 \x01(\x0e\x32\x18.rstitch.v1.FinishReason\x12 \n\x05usage\x18\x02 \x01(\x0b\x32\x11.rstitch.v1.Usage\"\x87\x01\n\nModelUsage\x12\x0e\n\x06tokens\x18\x01 \x01(\r\x12\x16\n\x0e\x66orward_passes\x18\x02 \x01(\r\x12\x16\n\x0e\x66orward_tokens\x18\x03 \x01(\r\x12\x16\n\x0eprefill_tokens\x18\x04 \x01(\r\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\x12\x10\n\x08rebuilds\x18\x06 \x01(\r\"\xf1\x02\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x18\n\x10generated_tokens\x18\x02 \x01(\r\x12#\n\x03slm\x18\x03 \x01(\x0b\x32\x16.rstitch.v1.ModelUsage\x12#\n\x03llm\x18\x04 \x01(\x0b\x32\x16.rstitch.v1.ModelUsage\x12\x1b\n\x13switches_slm_to_llm\x18\x05 \x01(\r\x12\x1b\n\x13switches_llm_to_slm\x18\x06 \x01(\r\x12\x18\n\x10\x64iscarded_tokens\x18\x07 \x01(\r\x12\x16\n\x0e\x64rafted_tokens\x18\x08 \x01(\r\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\t \x01(\r\x12\x1b\n\x13time_to_first_token\x18\n \x01(\x01\x12\x15\n\rtotal_seconds\x18\x0b \x01(\x01\x12\x1a\n\x12rolled_back_tokens\x18\x0c \x01(\r\x12\x18\n\x10undrafted_rounds\x18\r \x01(\r*\x9a\x01\n\x06Policy\x12\x16\n\x12POLICY_UNSPECIFIED\x10\x00\x12\x12\n\x0ePOLICY_RSTITCH\x10\x01\x12\x0e\n\nPOLICY_LLM\x10\x02\x12\x0e\n\nPOLICY_SLM\x10\x03\x12\x16\n\x12POLICY_SPECULATIVE\x10\x04\x12\x17\n\x13POLICY_RSTITCH_PLUS\x10\x05\x12\x13\n\x0fPOLICY_VERIFIED\x10\x06*V\n\nAcceptance\x12\x1a\n\x16\x41\x43\x43\x45PTANCE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41\x43\x43\x45PTANCE_EXACT\x10\x01\x12\x16\n\x12\x41\x43\x43\x45PTANCE_RELAXED\x10\x02*<\n\x05Model\x12\x15\n\x11MODEL_UNSPECIFIED\x10\x00\x12\r\n\tMODEL_SLM\x10\x01\x12\r\n\tMODEL_LLM\x10\x02*u\n\x0fSwitchDirection\x12 \n\x1cSWITCH_DIRECTION_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSWITCH_DIRECTION_SLM_TO_LLM\x10\x01\x12\x1f\n\x1bSWITCH_DIRECTION_LLM_TO_SLM\x10\x02*\x91\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x03\x12\x19\n\x15\x46INISH_REASON_CONTEXT\x10\x04\x32R\n\x07RStitch\x12G\n\x08Generate\x12\x1b.rstitch.v1.GenerateRequest\x1a\x1c.rstitch.v1.GenerateResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rstitch/v1/rstitch.proto\x12\nrstitch.v1\"\xc4\x01\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12(\n\x08messages\x18\x02 \x01(\x0b\x32\x14.rstitch.v1.MessagesH\x00\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.rstitch.v1.SamplingParams\x12*\n\x07routing\x18\x04 \x01(\x0b\x32\x19.rstitch.v1.RoutingParams\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\x07\n\x05input\"5\n\x08Messages\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.rstitch.v1.ChatMessage\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xf5\x04\n\x0eSamplingParams\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x08 \x01(\x02H\x06\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\t \x01(\x02H\x07\x88\x01\x01\x12=\n\nlogit_bias\x18\n \x03(\x0b\x32).rstitch.v1.SamplingParams.LogitBiasEntry\x12\x12\n\x05min_p\x18\x0b \x01(\x02H\x08\x88\x01\x01\x12\x17\n\nmin_tokens\x18\x0c \x01(\rH\t\x88\x01\x01\x12\x17\n\nignore_eos\x18\r \x01(\x08H\n\x88\x01\x01\x12\x15\n\x08logprobs\x18\x0e \x01(\rH\x0b\x88\x01\x01\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\x08\n\x06_min_pB\r\n\x0b_min_tokensB\r\n\x0b_ignore_eosB\x0b\n\t_logprobs\"\xdf\x01\n\rRoutingParams\x12\"\n\x06policy\x18\x01 \x01(\x0e\x32\x12.rstitch.v1.Policy\x12\x16\n\tthreshold\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x19\n\x0c\x64raft_tokens\x18\x03 \x01(\rH\x01\x88\x01\x01\x12*\n\nacceptance\x18\x04 \x01(\x0e\x32\x16.rstitch.v1.Acceptance\x12\x1a\n\rrelaxed_ratio\x18\x05 \x01(\x02H\x02\x88\x01\x01\x42\x0c\n\n_thresholdB\x0f\n\r_draft_tokensB\x10\n\x0e_relaxed_ratio\"\xac\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x06tokens\x18\x02 \x01(\x0b\x32\x12.rstitch.v1.TokensH\x00\x12/\n\x0cswitch_event\x18\x03 \x01(\x0b\x32\x17.rstitch.v1.SwitchEventH\x00\x12$\n\x06\x66inish\x18\x04 \x01(\x0b\x32\x12.rstitch.v1.FinishH\x00\x42\x07\n\x05\x65vent\"\xb0\x01\n\x06Tokens\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\"\n\x07sources\x18\x03 \x03(\x0e\x32\x11.rstitch.v1.Model\x12\x11\n\tentropies\x18\x04 \x03(\x02\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x10\n\x08logprobs\x18\x06 \x03(\x02\x12-\n\x0ctop_logprobs\x18\x07 \x03(\x0b\x32\x17.rstitch.v1.TopLogprobs\"2\n\x0bTopLogprobs\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\"g\n\x0bSwitchEvent\x12.\n\tdirection\x18\x01 \x01(\x0e\x32\x1b.rstitch.v1.SwitchDirection\x12\x10\n\x08position\x18\x02 \x01(\r\x12\x16\n\x0eprefill_tokens\x18\x03 \x01(\r\"T\n\x06\x46inish\x12(\n\x06reason\x18\x01 \x01(\x0e\x32\x18.rstitch.v1.FinishReason\x12 \n\x05usage\x18\x02 \x01(\x0b\x32\x11.rstitch.v1.Usage\"\x87\x01\n\nModelUsage\x12\x0e\n\x06tokens\x18\x01 \x01(\r\x12\x16\n\x0e\x66orward_passes\x18\x02 \x01(\r\x12\x16\n\x0e\x66orward_tokens\x18\x03 \x01(\r\x12\x16\n\x0eprefill_tokens\x18\x04 \x01(\r\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\x12\x10\n\x08rebuilds\x18\x06 \x01(\r\"\xf1\x02\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x18\n\x10generated_tokens\x18\x02 \x01(\r\x12#\n\x03slm\x18\x03 \x01(\x0b\x32\x16.rstitch.v1.ModelUsage\x12#\n\x03llm\x18\x04 \x01(\x0b\x32\x16.rstitch.v1.ModelUsage\x12\x1b\n\x13switches_slm_to_llm\x18\x05 \x01(\r\x12\x1b\n\x13switches_llm_to_slm\x18\x06 \x01(\r\x12\x18\n\x10\x64iscarded_tokens\x18\x07 \x01(\r\x12\x16\n\x0e\x64rafted_tokens\x18\x08 \x01(\r\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\t \x01(\r\x12\x1b\n\x13time_to_first_token\x18\n \x01(\x01\x12\x15\n\rtotal_seconds\x18\x0b \x01(\x01\x12\x1a\n\x12rolled_back_tokens\x18\x0c \x01(\r\x12\x18\n\x10undrafted_rounds\x18\r \x01(\r*\x9a\x01\n\x06Policy\x12\x16\n\x12POLICY_UNSPECIFIED\x10\x00\x12\x12\n\x0ePOLICY_RSTITCH\x10\x01\x12\x0e\n\nPOLICY_LLM\x10\x02\x12\x0e\n\nPOLICY_SLM\x10\x03\x12\x16\n\x12POLICY_SPECULATIVE\x10\x04\x12\x17\n\x13POLICY_RSTITCH_PLUS\x10\x05\x12\x13\n\x0fPOLICY_VERIFIED\x10\x06*V\n\nAcceptance\x12\x1a\n\x16\x41\x43\x43\x45PTANCE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41\x43\x43\x45PTANCE_EXACT\x10\x01\x12\x16\n\x12\x41\x43\x43\x45PTANCE_RELAXED\x10\x02*<\n\x05Model\x12\x15\n\x11MODEL_UNSPECIFIED\x10\x00\x12\r\n\tMODEL_SLM\x10\x01\x12\r\n\tMODEL_LLM\x10\x02*u\n\x0fSwitchDirection\x12 \n\x1cSWITCH_DIRECTION_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSWITCH_DIRECTION_SLM_TO_LLM\x10\x01\x12\x1f\n\x1bSWITCH_DIRECTION_LLM_TO_SLM\x10\x02*\x91\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x03\x12\x19\n\x15\x46INISH_REASON_CONTEXT\x10\x04\x32R\n\x07RStitch\x12G\n\x08Generate\x12\x1b.rstitch.v1.GenerateRequest\x1a\x1c.rstitch.v1.GenerateResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rstitch.v1.rstitch_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_POLICY']._serialized_start=1767
-  _globals['_POLICY']._serialized_end=1921
-  _globals['_ACCEPTANCE']._serialized_start=1923
-  _globals['_ACCEPTANCE']._serialized_end=2009
-  _globals['_MODEL']._serialized_start=2011
-  _globals['_MODEL']._serialized_end=2071
-  _globals['_SWITCHDIRECTION']._serialized_start=2073
-  _globals['_SWITCHDIRECTION']._serialized_end=2190
-  _globals['_FINISHREASON']._serialized_start=2193
-  _globals['_FINISHREASON']._serialized_end=2338
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
+  _globals['_POLICY']._serialized_start=2306
+  _globals['_POLICY']._serialized_end=2460
+  _globals['_ACCEPTANCE']._serialized_start=2462
+  _globals['_ACCEPTANCE']._serialized_end=2548
+  _globals['_MODEL']._serialized_start=2550
+  _globals['_MODEL']._serialized_end=2610
+  _globals['_SWITCHDIRECTION']._serialized_start=2612
+  _globals['_SWITCHDIRECTION']._serialized_end=2729
+  _globals['_FINISHREASON']._serialized_start=2732
+  _globals['_FINISHREASON']._serialized_end=2877
   _globals['_GENERATEREQUEST']._serialized_start=41
   _globals['_GENERATEREQUEST']._serialized_end=237
   _globals['_MESSAGES']._serialized_start=239
@@ -48,21 +50,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATMESSAGE']._serialized_start=294
   _globals['_CHATMESSAGE']._serialized_end=338
   _globals['_SAMPLINGPARAMS']._serialized_start=341
-  _globals['_SAMPLINGPARAMS']._serialized_end=549
-  _globals['_ROUTINGPARAMS']._serialized_start=552
-  _globals['_ROUTINGPARAMS']._serialized_end=775
-  _globals['_GENERATERESPONSE']._serialized_start=778
-  _globals['_GENERATERESPONSE']._serialized_end=950
-  _globals['_TOKENS']._serialized_start=952
-  _globals['_TOKENS']._serialized_end=1063
-  _globals['_SWITCHEVENT']._serialized_start=1065
-  _globals['_SWITCHEVENT']._serialized_end=1168
-  _globals['_FINISH']._serialized_start=1170
-  _globals['_FINISH']._serialized_end=1254
-  _globals['_MODELUSAGE']._serialized_start=1257
-  _globals['_MODELUSAGE']._serialized_end=1392
-  _globals['_USAGE']._serialized_start=1395
-  _globals['_USAGE']._serialized_end=1764
-  _globals['_RSTITCH']._serialized_start=2340
-  _globals['_RSTITCH']._serialized_end=2422
+  _globals['_SAMPLINGPARAMS']._serialized_end=970
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=739
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=787
+  _globals['_ROUTINGPARAMS']._serialized_start=973
+  _globals['_ROUTINGPARAMS']._serialized_end=1196
+  _globals['_GENERATERESPONSE']._serialized_start=1199
+  _globals['_GENERATERESPONSE']._serialized_end=1371
+  _globals['_TOKENS']._serialized_start=1374
+  _globals['_TOKENS']._serialized_end=1550
+  _globals['_TOPLOGPROBS']._serialized_start=1552
+  _globals['_TOPLOGPROBS']._serialized_end=1602
+  _globals['_SWITCHEVENT']._serialized_start=1604
+  _globals['_SWITCHEVENT']._serialized_end=1707
+  _globals['_FINISH']._serialized_start=1709
+  _globals['_FINISH']._serialized_end=1793
+  _globals['_MODELUSAGE']._serialized_start=1796
+  _globals['_MODELUSAGE']._serialized_end=1931
+  _globals['_USAGE']._serialized_start=1934
+  _globals['_USAGE']._serialized_end=2303
+  _globals['_RSTITCH']._serialized_start=2879
+  _globals['_RSTITCH']._serialized_end=2961
 # @@protoc_insertion_point(module_scope)
