@@ -197,7 +197,10 @@ class StepEngine:
                 self._cond.wait_for(lambda: self.has_work or self._closed)
                 if self._closed:
                     return
-            self.step()
+            try:
+                self.step()
+            except Exception:  # noqa: BLE001 - (a metrics hook failing) every other session keeps stepping
+                logger.exception("%s: a step failed outside any pass", self.backend.name)
 
     def _schedule(self) -> list[Task]:
         """The waiting passes of the next step, oldest first, within the budget."""
