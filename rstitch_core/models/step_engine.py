@@ -169,7 +169,10 @@ class StepEngine:
         s.steps, s.rows, s.tokens = s.steps + 1, s.rows + len(batch), s.tokens + tokens
         s.max_rows, s.last_batch_rows = max(s.max_rows, len(batch)), len(batch)
         if self.on_step is not None:
-            self.on_step(len(batch), tokens, seconds)
+            try:
+                self.on_step(len(batch), tokens, seconds)
+            except Exception:  # noqa: BLE001 - a metrics hook must not strand this step's phases
+                logger.exception("%s: on_step failed", self.backend.name)
         for task, (logits, hidden) in zip(batch, outputs):
             self._advance(task, ForwardOutput(logits, hidden, seconds))
         return len(batch)
