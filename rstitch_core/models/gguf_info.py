@@ -23,7 +23,7 @@ class GGUFInfo:
     @classmethod
     def read(cls, path: str | Path) -> GGUFInfo:
         """Parse the header of `path` (ValueError if it is not a GGUF model file)."""
-        from gguf import GGUFReader, LlamaFileType  # gguf comes with the models extra; reading a header is the only use
+        from gguf import GGUFReader, LlamaFileType  # only when a GGUF header is read: folders never need it
 
         try:
             reader = GGUFReader(str(path), "r")
