@@ -113,6 +113,8 @@ class Sequence:
     def adjust(self, sampler, logits, drafts: list[int] | tuple[int, ...] = ()):
         """logits: [N, V] raw at the last N positions of token_ids + drafts -> [N, V] with the
         request's logits controls (Sampler.adjust)."""
+        if not self.sampling.controls_logits:  # the common case: no history copy on every pass
+            return logits
         return sampler.adjust(logits, self.token_ids + list(drafts), len(self.prompt_ids), self.eos_token_ids)
 
     def ends(self, token_id: int) -> bool:
