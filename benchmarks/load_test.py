@@ -59,11 +59,7 @@ def main() -> int:
 
 
 def run(args) -> dict:
-    import ray
-    from ray import serve
-    from ray.serve.config import HTTPOptions, gRPCOptions
-
-    from services.app import GRPC_SERVICER, build_app
+    from rstitch_cli.serve import local_service
 
     slm, llm = args.slm, args.llm
     if slm is None:
@@ -71,26 +67,17 @@ def run(args) -> dict:
         from tiny_models import save_pair
 
         slm, llm = map(str, save_pair(Path(tempfile.mkdtemp(prefix="rstitch-load-"))))
-    port, http_port = free_port(), free_port()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    try:
-        # Free ports only: Serve's defaults (HTTP 8000) may be taken by anything else on the machine.
-        serve.start(grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[GRPC_SERVICER]),
-                    http_options=HTTPOptions(host="127.0.0.1", port=http_port))
-        serve.run(build_app({"slm": slm, "llm": llm, "dtype": "float32", "llm_replicas": 2,
-                             "slm_num_cpus": 0.4, "llm_num_cpus": 0.4,
-                             "max_sessions": 2 * max(args.clients, args.burst_size),
-                             "max_concurrent_requests": 2 * max(args.clients, args.burst_size)}),
-                  name="rstitch", route_prefix="/")
-        figures = load(f"127.0.0.1:{port}", args)
-        releases = [cancel_burst(f"127.0.0.1:{port}", args.burst_size, random.Random(args.seed + b))
+    app = {"slm": slm, "llm": llm, "dtype": "float32", "llm_replicas": 2, "slm_num_cpus": 0.4, "llm_num_cpus": 0.4,
+           "max_sessions": 2 * max(args.clients, args.burst_size),
+           "max_concurrent_requests": 2 * max(args.clients, args.burst_size)}
+    # Served as `rstitch serve` serves it, on free ports (Serve's default 8000 may be taken).
+    with local_service(app, free_port(), free_port(), os.cpu_count(), http_port=free_port(), quiet=True) as address:
+        figures = load(address, args)
+        releases = [cancel_burst(address, args.burst_size, random.Random(args.seed + b))
                     for b in range(args.cancel_bursts)]
         return {**figures, "cancel_bursts": len(releases), "burst_size": args.burst_size,
                 "burst_release_s": [round(r, 3) for r in releases],
                 "worst_burst_release_s": round(max(releases), 3) if releases else None}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def free_port() -> int:

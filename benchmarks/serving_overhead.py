@@ -31,35 +31,28 @@ def main() -> int:
     p.add_argument("--max-new-tokens", type=int, default=96)
     args = p.parse_args()
 
-    import ray
     import torch
-    from ray import serve
-    from ray.serve.config import gRPCOptions
 
+    from rstitch_cli.serve import local_service
     from rstitch_core import Engine, Generation, RoutingParams, SamplingParams
     from rstitch_core.assets import ensure_default_pair
     from rstitch_core.models.loading import resolve_backend, resolve_dtype
     from rstitch_eval.bench_prompts import PROMPTS
-    from services.app import GRPC_SERVICER, build_app
     from services.client import RStitchClient
 
     backend, _ = resolve_backend(args.backend, [args.slm, args.llm] if args.slm else ["default.gguf"], "cpu")
     slm, llm = (args.slm, args.llm) if args.slm else map(str, ensure_default_pair(backend=backend))
     args.dtype = "auto" if backend == "llamacpp" else resolve_dtype(args.dtype, "cpu")
     threads = args.threads or torch.get_num_threads()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    serve.start(grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[GRPC_SERVICER]))
-    serve.run(build_app({"slm": slm, "llm": llm, "backend": backend, "dtype": args.dtype, "threads": threads,
-                         "prefill": "off", "cost_profile": None}), name="rstitch", route_prefix="/")
+    app = {"slm": slm, "llm": llm, "backend": backend, "dtype": args.dtype, "threads": threads, "prefill": "off",
+           "cost_profile": None}
     engine = Engine.load(slm, llm, dtype=args.dtype, backend=backend)
     sampling = SamplingParams(max_new_tokens=args.max_new_tokens)
     routing = RoutingParams(policy=args.policy, threshold=args.threshold)
     rows = []
-    try:
-        with RStitchClient(f"127.0.0.1:{port}") as client:
+    # Served as `rstitch serve` serves it (its gRPC server in this process, Serve's HTTP proxy).
+    with local_service(app, free_port(), free_port(), os.cpu_count(), http_port=free_port(), quiet=True) as address:
+        with RStitchClient(address) as client:
             client.generate_result(prompt="warm up", sampling=SamplingParams(max_new_tokens=4), routing=routing)
             for i, prompt in enumerate(PROMPTS[:args.prompts]):
                 messages = [{"role": "user", "content": prompt}]
@@ -73,9 +66,6 @@ def main() -> int:
                 rows.append((local_s / len(local.token_ids), remote_s / len(remote["token_ids"]), same))
                 print(f"prompt {i + 1}: in-process {1000 * rows[-1][0]:.1f} ms/token, served "
                       f"{1000 * rows[-1][1]:.1f} ms/token, same tokens: {same}", file=sys.stderr, flush=True)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
     local_ms = 1000 * statistics.median(r[0] for r in rows)
     served_ms = 1000 * statistics.median(r[1] for r in rows)
     print(f"policy {args.policy}, backend {backend}, {len(rows)} prompts, {args.max_new_tokens} new tokens max, "
@@ -83,6 +73,12 @@ def main() -> int:
     print(f"per-token time (median): in-process {local_ms:.1f} ms, served over gRPC {served_ms:.1f} ms, "
           f"ratio served/in-process {served_ms / local_ms:.3f}x, identical outputs {sum(r[2] for r in rows)}/{len(rows)}")
     return 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

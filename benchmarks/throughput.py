@@ -74,22 +74,18 @@ def main() -> int:
 
 
 def run(args, levels: list[int]) -> dict:
-    import ray
     from ray import serve
-    from ray.serve.config import gRPCOptions
 
+    from rstitch_cli.serve import local_service
     from rstitch_core.assets import ensure_default_pair
     from rstitch_core.models.loading import resolve_backend, resolve_dtype
-    from services.app import GRPC_SERVICER, build_app
+    from services.app import build_app
 
     args.backend, _ = resolve_backend(args.backend, [args.slm, args.llm] if args.slm else ["default.gguf"], "cpu")
     slm, llm = (args.slm, args.llm) if args.slm else map(str, ensure_default_pair(backend=args.backend))
     args.dtype = "gguf" if args.backend == "llamacpp" else resolve_dtype(args.dtype, "cpu")  # recorded with the figures
     profile = serving_profile(args.cost_profile, slm, llm, args.dtype)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    port = free_port()
     figures: dict = {"levels": {}, "unbatched": None, "shadow": None, "threshold": args.threshold,
                      "max_new_tokens": args.max_new_tokens, "cpus": os.cpu_count(), "cost_profile": profile,
                      "policies": list(args.routings)}
@@ -97,10 +93,8 @@ def run(args, levels: list[int]) -> dict:
            "max_sessions": max(64, max(levels)), "threads": args.threads, "cost_profile": profile,
            **({"prefill": "off"} if args.backend == "llamacpp" else {"dtype": args.dtype})}
     figures["threads"], figures["backend"] = args.threads, args.backend
-    try:
-        serve.start(grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[GRPC_SERVICER]))
-        serve.run(build_app(app), name="rstitch", route_prefix="/")
-        address = f"127.0.0.1:{port}"
+    # Served as `rstitch serve` serves it (its gRPC server in this process, Serve's HTTP proxy).
+    with local_service(app, port, free_port(), os.cpu_count(), http_port=free_port(), quiet=True) as address:
         warm_up(address, args)
         figures["repeat"] = args.repeat
         for c in levels:
@@ -122,10 +116,13 @@ def run(args, levels: list[int]) -> dict:
             serve.run(build_app({**app, "batching": False}), name="rstitch", route_prefix="/")
             warm_up(address, args)
             figures["unbatched"] = {spec: measure(address, routing, 1, args) for spec, routing in args.routings.items()}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
     return figures
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def serving_profile(choice: str, slm: str, llm: str, dtype: str) -> str | None:

@@ -4,6 +4,7 @@ addresses; SIGTERM or SIGINT (Ctrl-C) drains it and stops every process it start
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import sys
 import time
@@ -16,7 +17,6 @@ from rstitch_cli.common import DTYPE_CHOICES, check_llamacpp_args, pick_backend,
 from rstitch_cli.stopping import Stopper, say
 from rstitch_core.models.loading import BACKEND_CHOICES
 from services.http_door import API_KEY_ENV
-from services.limits import MAX_REQUEST_BYTES
 
 LOOPBACK = "127.0.0.1"
 GRACE_PERIOD_S = 5.0
@@ -185,34 +185,77 @@ def ensure_models(app_args: dict) -> None:
 @contextmanager
 def local_service(app_args: dict, port: int, metrics_port: int, num_cpus: int | None, num_gpus: int | None = None,
                   http_port: int = 8000, quiet: bool = False, host: str = LOOPBACK):
-    """A local Ray cluster running the app with gRPC on `port` and HTTP on `host`:`http_port`; shut
-    down on exit, every process of the cluster ended. `quiet` keeps the replicas' logs in Ray's log
-    files instead of this terminal."""
+    """A local Ray cluster running the app with gRPC on `host`:`port` and HTTP on `host`:`http_port`;
+    shut down on exit, every process of the cluster ended. With a loopback `host` (the default)
+    Ray's own ports and the metrics exporter listen on loopback too: nothing is on the network.
+    `quiet` keeps the replicas' logs in Ray's log files instead of this terminal."""
     import ray
     from ray import serve
-    from ray.serve.config import HTTPOptions, gRPCOptions
+    from ray.serve.config import HTTPOptions
 
-    from services.app import GRPC_SERVICER, build_app
-    from services.grpc_door import HOST_ENV
+    from services.app import build_app
+    from services.grpc_server import GrpcServerThread
 
-    # Read by Ray's processes, which inherit this environment: the gRPC proxy refuses a message
-    # over the limit as its length prefix arrives, not after reading up to 2 GiB of it; the
-    # proxy's door (services.grpc_door) serves other machines only when asked.
-    os.environ["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] = str(MAX_REQUEST_BYTES)
-    os.environ[HOST_ENV] = host
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _metrics_export_port=metrics_port,
-             log_to_driver=not quiet, logging_level="WARNING" if quiet else "INFO")
+    with _ray_node_address(host):
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _metrics_export_port=metrics_port,
+                 log_to_driver=not quiet, logging_level="WARNING" if quiet else "INFO")
+    grpc_server = None
     try:
-        serve.start(grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[GRPC_SERVICER]),
-                    http_options=HTTPOptions(host=host, port=http_port))
+        # No gRPC options: Serve's own gRPC proxy is not started (it binds every interface and
+        # fixes its limits); this process serves gRPC (services.grpc_server) on `host`.
+        serve.start(http_options=HTTPOptions(host=host, port=http_port))
         serve.run(build_app(app_args), name="rstitch", route_prefix="/")
-        yield f"localhost:{port}"
+        grpc_server = GrpcServerThread(serve.get_deployment_handle("Frontend", "rstitch"), host, port)
+        yield f"localhost:{grpc_server.port}" if is_loopback(host) else f"{host}:{grpc_server.port}"
     finally:
         say("shutting down")
+        if grpc_server is not None:
+            grpc_server.stop()
         ray_processes = _descendants()
         serve.shutdown()
         ray.shutdown()
         _reap(ray_processes)
+
+
+# Ray's mode for one machine (its default on macOS and Windows): node address 127.0.0.1. On Linux
+# Ray turns a loopback node address into the machine's network address unless this is off.
+SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextmanager
+def _ray_node_address(host: str):
+    """While Ray starts: a loopback `host` makes every port of the local cluster (GCS, raylet,
+    workers, agents, the metrics exporter) listen on 127.0.0.1; otherwise Ray's default, the
+    machine's address, guarded by Ray's token authentication."""
+    from ray._private import ray_constants
+
+    if not is_loopback(host):
+        yield
+        return
+    saved = os.environ.get(SINGLE_NODE_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[SINGLE_NODE_ENV] = "0"  # Ray's processes read it at start
+    # This process read it when it imported ray, which may have been before this call.
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop(SINGLE_NODE_ENV, None)
+        else:
+            os.environ[SINGLE_NODE_ENV] = saved[0]
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 (also as an IPv4-mapped address) or `localhost`."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 # ray.shutdown() stops the raylet and the GCS, but agents it started (metrics export, runtime env)
@@ -246,14 +289,16 @@ def run(args: argparse.Namespace) -> int:
     ensure_models(app_args)
     resolve_cost_profile(app_args)
     if args.api_key:
-        os.environ[API_KEY_ENV] = args.api_key  # read by the front end and the gRPC proxy (Ray's processes)
+        os.environ[API_KEY_ENV] = args.api_key  # read by the front end (a Ray process) and the gRPC server (this one)
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
-        # Ray 2.60 binds its own ports on every interface whatever --host says: its token is what
-        # keeps another machine from joining the cluster and calling the workers.
-        say("warning: RAY_AUTH_MODE=disabled turns Ray's token authentication off, and Ray's own ports listen "
-            "on every interface: any peer that reaches this machine can join the cluster; unset it")
+        # Serve's replicas take calls between deployments on every interface whatever --host says
+        # (Ray 2.60), as do all of Ray's ports with a --host other than loopback: Ray's token is
+        # what keeps another machine from calling the workers.
+        say("warning: RAY_AUTH_MODE=disabled turns Ray's token authentication off, and Serve's replicas (with this "
+            "--host, all of Ray's ports) listen on the network: any peer that reaches this machine can call them; "
+            "unset it")
     stopper = Stopper()
-    shown = "localhost" if args.host == LOOPBACK else args.host
+    shown = "localhost" if is_loopback(args.host) else args.host
     with local_service(app_args, port, args.metrics_port, args.num_cpus, args.num_gpus, port_http,
                        host=args.host) as address:
         stopper.install()  # after ray.init, which installs a SIGTERM handler of its own

@@ -206,6 +206,39 @@ class Frontend:
             raise
 
 
+    async def generate_stream(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse | RpcStatus]:
+        """Generate for a gRPC server outside this replica (services.grpc_server): the responses,
+        then, if the request fails, an RpcStatus for that server to end the call with, instead of an
+        exception (which Ray would wrap in its own text on the way)."""
+        status = _StatusRecorder()
+        try:
+            async for response in self.Generate(request, status):
+                yield response
+        except Exception:  # noqa: BLE001 - Generate recorded the status the client sees (and logged the rest)
+            yield RpcStatus(status.code or grpc.StatusCode.INTERNAL, status.details)
+
+
+@dataclass(frozen=True)
+class RpcStatus:
+    """How a gRPC call ends when it fails: the code and the details the client sees."""
+
+    code: grpc.StatusCode
+    details: str
+
+
+class _StatusRecorder:
+    """The part of a gRPC context Generate sets on failure."""
+
+    code: grpc.StatusCode | None = None
+    details: str = ""
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+
 def _record(record: RequestRecorder, event: Event) -> None:
     if isinstance(event, TokenEvent):
         record.token(event, time.perf_counter())

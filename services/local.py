@@ -1,8 +1,8 @@
 """The front end without Ray: the workers in this process behind handle-shaped adapters, and the
-gRPC API on a plain grpc.aio server.
+gRPC API on the grpc.aio server `rstitch serve` runs (services.grpc_server).
 
-In production Serve carries each front-end call to a worker replica (DeploymentHandle) and its gRPC
-proxy carries requests to the front end. Here the same Frontend, RemoteSession and ModelWorker code
+In production Serve carries each front-end call to a worker replica (DeploymentHandle), and each
+gRPC call to the front end. Here the same Frontend, RemoteSession and ModelWorker code
 runs with both carriers replaced by direct calls, so the front end's behaviour (validation,
 streaming, limits, metrics, cancellation, cost-aware drafting) is tested in seconds without a
 cluster (tests/services/test_local_frontend.py, tests/cli/test_client.py).
@@ -15,8 +15,8 @@ from typing import Any
 
 import grpc
 
+from services import grpc_server
 from services.frontend import Frontend
-from services.grpc_api import add_RStitchServicer_to_server
 from services.worker import LLMWorker, SLMWorker, WorkerConfig
 
 
@@ -53,44 +53,7 @@ def local_frontend(slm: str, llm: str, dtype: str = "float32", *, worker_kwargs:
     return Frontend(*(LocalHandle(w) for w in workers), slm, llm, **frontend_kwargs)
 
 
-class _StatusContext:
-    """The RPC's context as the Frontend sees it under Serve: set_code/set_details are applied when
-    the handler raises (grpc.aio would report its own text instead of the details)."""
-
-    def __init__(self, context):
-        self.context, self.code, self.details = context, None, ""
-
-    def set_code(self, code) -> None:
-        self.code = code
-
-    def set_details(self, details: str) -> None:
-        self.details = details
-
-    def __getattr__(self, name: str):
-        return getattr(self.context, name)
-
-
-class AioServicer:
-    """rstitch.v1.RStitch for a grpc.aio server, answering with the Frontend's own Generate."""
-
-    def __init__(self, frontend: Frontend):
-        self.frontend = frontend
-
-    async def Generate(self, request, context):  # noqa: N802 - the RPC's name
-        status = _StatusContext(context)
-        try:
-            async for response in self.frontend.Generate(request, status):
-                yield response
-        except Exception:
-            if status.code is not None:
-                await context.abort(status.code, status.details)
-            raise
-
-
 async def start_grpc(frontend: Frontend, host: str = "127.0.0.1", port: int = 0) -> tuple[grpc.aio.Server, int]:
-    """Serve `frontend` over gRPC on this event loop; returns the started server and its port."""
-    server = grpc.aio.server()
-    add_RStitchServicer_to_server(AioServicer(frontend), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    await server.start()
-    return server, bound
+    """Serve `frontend` over gRPC on this event loop, as `rstitch serve` does (services.grpc_server);
+    returns the started server and its port."""
+    return await grpc_server.start(LocalHandle(frontend), host, port)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rstitch_cli.serve import app_settings
+from rstitch_cli.serve import app_settings, is_loopback
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "deploy" / "serve_config.yaml"
@@ -114,3 +114,12 @@ def test_backend_is_resolved_before_ray_and_torch_only_settings_are_refused_on_l
         app_args, _ = app_settings(ns(slm=str(gguf_pair[0]), llm=str(gguf_pair[1]), **bad))
         with pytest.raises(ValueError, match=message):
             ensure_models(app_args)
+
+
+@pytest.mark.parametrize("host, loopback", [
+    ("127.0.0.1", True), ("127.8.9.1", True), ("localhost", True), ("::1", True), ("[::1]", True),
+    ("::ffff:127.0.0.1", True), ("0.0.0.0", False), ("::", False), ("192.0.2.2", False),
+    ("::ffff:192.0.2.2", False), ("example.org", False),
+])
+def test_only_loopback_hosts_keep_the_service_on_this_machine(host, loopback):
+    assert is_loopback(host) is loopback
