@@ -50,7 +50,7 @@ def main() -> int:
     sampling = SamplingParams(max_new_tokens=args.max_new_tokens)
     routing = RoutingParams(policy=args.policy, threshold=args.threshold)
     rows = []
-    # Served as `rstitch serve` serves it (its gRPC server in this process, Serve's HTTP proxy).
+    # Served as `rstitch serve` serves it (our gRPC server's actor, Serve's HTTP proxy).
     with local_service(app, free_port(), free_port(), os.cpu_count(), http_port=free_port(), quiet=True) as address:
         with RStitchClient(address) as client:
             client.generate_result(prompt="warm up", sampling=SamplingParams(max_new_tokens=4), routing=routing)

@@ -93,7 +93,7 @@ def run(args, levels: list[int]) -> dict:
            "max_sessions": max(64, max(levels)), "threads": args.threads, "cost_profile": profile,
            **({"prefill": "off"} if args.backend == "llamacpp" else {"dtype": args.dtype})}
     figures["threads"], figures["backend"] = args.threads, args.backend
-    # Served as `rstitch serve` serves it (its gRPC server in this process, Serve's HTTP proxy).
+    # Served as `rstitch serve` serves it (our gRPC server's actor, Serve's HTTP proxy).
     with local_service(app, port, free_port(), os.cpu_count(), http_port=free_port(), quiet=True) as address:
         warm_up(address, args)
         figures["repeat"] = args.repeat

@@ -193,24 +193,24 @@ def local_service(app_args: dict, port: int, metrics_port: int, num_cpus: int | 
     from ray import serve
     from ray.serve.config import HTTPOptions
 
+    from services import grpc_server
     from services.app import build_app
-    from services.grpc_server import GrpcServerThread
 
     with _ray_node_address(host):
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _metrics_export_port=metrics_port,
                  log_to_driver=not quiet, logging_level="WARNING" if quiet else "INFO")
-    grpc_server = None
+    grpc_actor = None
     try:
         # No gRPC options: Serve's own gRPC proxy is not started (it binds every interface and
-        # fixes its limits); this process serves gRPC (services.grpc_server) on `host`.
+        # fixes its limits); our server (services.grpc_server) serves gRPC on `host`.
         serve.start(http_options=HTTPOptions(host=host, port=http_port))
         serve.run(build_app(app_args), name="rstitch", route_prefix="/")
-        grpc_server = GrpcServerThread(serve.get_deployment_handle("Frontend", "rstitch"), host, port)
-        yield f"localhost:{grpc_server.port}" if is_loopback(host) else f"{host}:{grpc_server.port}"
+        grpc_actor, port = grpc_server.start_actor(host, port)
+        yield f"localhost:{port}" if is_loopback(host) else f"{host}:{port}"
     finally:
         say("shutting down")
-        if grpc_server is not None:
-            grpc_server.stop()
+        if grpc_actor is not None:
+            grpc_server.stop_actor(grpc_actor)
         ray_processes = _descendants()
         serve.shutdown()
         ray.shutdown()
@@ -289,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
     ensure_models(app_args)
     resolve_cost_profile(app_args)
     if args.api_key:
-        os.environ[API_KEY_ENV] = args.api_key  # read by the front end (a Ray process) and the gRPC server (this one)
+        os.environ[API_KEY_ENV] = args.api_key  # read by the front end and the gRPC server (Ray's processes)
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
         # Serve's replicas take calls between deployments on every interface whatever --host says
         # (Ray 2.60), as do all of Ray's ports with a --host other than loopback: Ray's token is

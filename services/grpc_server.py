@@ -1,5 +1,5 @@
 """The gRPC API on a grpc.aio server of our own, in front of the Frontend: what `rstitch serve`
-runs (in its own process) and what the in-process front end of tests and tools runs.
+runs (in a Ray actor, GrpcServerActor) and what the in-process front end of tests and tools runs.
 
 Serve's gRPC proxy (used by `serve run` and the RayService) binds its port on every interface
 and fixes its server options; this server binds the address it is given (loopback by default)
@@ -19,12 +19,12 @@ without Ray, services.local.LocalHandle); a call the client ends is cancelled th
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from typing import Any
 
 import grpc
+import ray
 from grpc_reflection.v1alpha import reflection
+from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
@@ -98,31 +98,37 @@ async def start(frontend: Any, host: str, port: int) -> tuple[grpc.aio.Server, i
     return server, bound
 
 
-class GrpcServerThread:
-    """The gRPC server on an event loop of its own thread, for a process whose main thread does
-    something else (`rstitch serve` waits for signals there)."""
+@ray.remote(num_cpus=0)
+class GrpcServerActor:
+    """The gRPC server on the event loop of a Ray actor: a process of its own, as Serve's proxies
+    are, so that it shares its interpreter with neither `rstitch serve`'s process nor a client's."""
 
-    def __init__(self, frontend: Any, host: str, port: int):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="rstitch-grpc", daemon=True)
-        self.thread.start()
-        try:
-            self.server, self.port = self._run(start(frontend, host, port))
-        except BaseException:
-            self._end_loop()
-            raise
+    async def start(self, host: str, port: int, app: str = "rstitch") -> int:
+        """Serve the app's Frontend on host:port; returns the port (`port` 0: a free one)."""
+        self.server, bound = await start(serve.get_deployment_handle("Frontend", app), host, port)
+        return bound
 
-    def stop(self, grace_s: float = 1.0) -> None:
-        """Refuse new calls, give those still open `grace_s`, then end them and the thread."""
-        try:
-            self._run(self.server.stop(grace_s))
-        finally:
-            self._end_loop()
+    async def stop(self, grace_s: float) -> None:
+        """Refuse new calls, give those still open `grace_s`, then end them."""
+        await self.server.stop(grace_s)
 
-    def _run(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
-    def _end_loop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        self.loop.close()
+def start_actor(host: str, port: int, app: str = "rstitch") -> tuple[Any, int]:
+    """Start a GrpcServerActor serving `app` on host:port (from a driver of the app's Ray cluster);
+    returns the actor and its port. OSError if the address cannot be bound."""
+    actor = GrpcServerActor.options(name=f"{app}-grpc-server").remote()
+    try:
+        return actor, ray.get(actor.start.remote(host, port, app))
+    except ray.exceptions.RayTaskError as err:
+        ray.kill(actor)
+        if isinstance(err.cause, OSError):
+            raise err.cause from None
+        raise
+
+
+def stop_actor(actor: Any, grace_s: float = 1.0) -> None:
+    """Stop the server of start_actor and end its actor."""
+    try:
+        ray.get(actor.stop.remote(grace_s), timeout=grace_s + 30)
+    finally:
+        ray.kill(actor)

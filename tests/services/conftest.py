@@ -15,16 +15,16 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 @pytest.fixture(scope="module")
 def service(pair_dirs, router_file, request):
     """(gRPC address, app args, metrics URL, HTTP proxy URL) of a running app: SLM worker (holding
-    an R-Stitch+ router), 2 LLM replicas, router; gRPC served from this process as `rstitch serve`
-    does. A test module can override app args with a module-level APP_ARGS dict, and replace
+    an R-Stitch+ router), 2 LLM replicas, router; gRPC served by our server's actor as `rstitch
+    serve` does. A test module can override app args with a module-level APP_ARGS dict, and replace
     build_app with its own BUILD_APP(args). Every port is a free one (Serve's defaults, 8000 and
     9000, may be taken by anything else on the machine)."""
     import ray
     from ray import serve
     from ray.serve.config import HTTPOptions
 
+    from services import grpc_server
     from services.app import build_app
-    from services.grpc_server import GrpcServerThread
 
     port = free_port()
     args = {"slm": str(pair_dirs[0]), "llm": str(pair_dirs[1]), "dtype": "float32", "llm_replicas": 2,
@@ -33,16 +33,16 @@ def service(pair_dirs, router_file, request):
     # Metrics reach the node's exporter on Ray's report interval (>= 1 s): keep it short.
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port,
              _system_config={"metrics_report_interval_ms": 1000})
-    grpc_server = None
+    grpc_actor = None
     try:
-        # As `rstitch serve` runs it: Serve's HTTP proxy, this process's gRPC server (services.grpc_server).
+        # As `rstitch serve` runs it: Serve's HTTP proxy, our gRPC server (services.grpc_server).
         serve.start(http_options=HTTPOptions(host="127.0.0.1", port=http_port))
         serve.run(getattr(request.module, "BUILD_APP", build_app)(args), name="rstitch", route_prefix="/")
-        grpc_server = GrpcServerThread(serve.get_deployment_handle("Frontend", "rstitch"), "127.0.0.1", port)
+        grpc_actor, _ = grpc_server.start_actor("127.0.0.1", port)
         yield f"127.0.0.1:{port}", args, f"http://127.0.0.1:{metrics_port}/metrics", f"http://127.0.0.1:{http_port}"
     finally:
-        if grpc_server is not None:
-            grpc_server.stop()
+        if grpc_actor is not None:
+            grpc_server.stop_actor(grpc_actor)
         serve.shutdown()
         ray.shutdown()
 
