@@ -205,7 +205,10 @@ def local_service(app_args: dict, port: int, metrics_port: int, num_cpus: int | 
         # fixes its limits); our server (services.grpc_server) serves gRPC on `host`.
         serve.start(http_options=HTTPOptions(host=host, port=http_port))
         serve.run(build_app(app_args), name="rstitch", route_prefix="/")
-        grpc_actor, port = grpc_server.start_actor(host, port)
+        try:
+            grpc_actor, port = grpc_server.start_actor(host, port)
+        except OSError as err:  # the port is taken, or the host is not this machine's
+            raise ValueError(f"--port {port}: {err}") from None
         yield f"localhost:{port}" if is_loopback(host) else f"{host}:{port}"
     finally:
         say("shutting down")

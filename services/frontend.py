@@ -205,7 +205,6 @@ class Frontend:
             _abort(grpc_context, *_grpc_status(err, rid))
             raise
 
-
     async def generate_stream(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse | RpcStatus]:
         """Generate for a gRPC server outside this replica (services.grpc_server): the responses,
         then, if the request fails, an RpcStatus for that server to end the call with, instead of an

@@ -89,6 +89,7 @@ async def start(frontend: Any, host: str, port: int) -> tuple[grpc.aio.Server, i
     # What `grpcurl list` and `describe` ask for (Serve's proxy offers it too).
     reflection.enable_server_reflection((pb.DESCRIPTOR.services_by_name["RStitch"].full_name, reflection.SERVICE_NAME),
                                         server)
+    host = host.strip("[]")
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)
