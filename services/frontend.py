@@ -28,6 +28,7 @@ from rstitch_core.events import Event, FinishEvent, SwitchEvent, TokenEvent
 from rstitch_core.models.loading import check_tokenizers, load_tokenizer
 from rstitch_core.prompts import check_request
 from rstitch_core.sequence import Sequence
+from services.grpc_api import RpcStatus
 from services.metrics import BUSY, CANCELLED, ERROR, INVALID, FrontendMetrics, RequestRecorder
 from services.protocol import finish_response, switch_response, tokens_response
 from services.request_parsing import NoRouter, ParsedRequest, parse_request
@@ -215,14 +216,6 @@ class Frontend:
                 yield response
         except Exception:  # noqa: BLE001 - Generate recorded the status the client sees (and logged the rest)
             yield RpcStatus(status.code or grpc.StatusCode.INTERNAL, status.details)
-
-
-@dataclass(frozen=True)
-class RpcStatus:
-    """How a gRPC call ends when it fails: the code and the details the client sees."""
-
-    code: grpc.StatusCode
-    details: str
 
 
 class _StatusRecorder:

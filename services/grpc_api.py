@@ -1,14 +1,17 @@
-"""Registers rstitch.v1.RStitch with Serve's gRPC proxy (the `grpc_servicer_functions` entry).
+"""Registers rstitch.v1.RStitch with a gRPC server: our own (services.grpc_server) or Serve's gRPC
+proxy under `serve run` and a RayService (the `grpc_servicer_functions` entry).
 
 The same as the generated add_RStitchServicer_to_server, except that:
 - request bytes which do not parse become a MalformedRequest instead of failing inside the gRPC
   layer, so that the client gets INVALID_ARGUMENT with a reason rather than INTERNAL;
-- a client that goes away always cancels its request in the front end (see cancel_safe).
+- in Serve's proxy, a client that goes away always cancels its request in the front end (see
+  cancel_safe; our server's servicer cancels its stream itself).
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
 import grpc
@@ -17,6 +20,15 @@ from google.protobuf.message import DecodeError
 from rstitch.v1 import rstitch_pb2 as pb
 from services import grpc_door
 from services.request_parsing import MalformedRequest
+
+
+@dataclass(frozen=True)
+class RpcStatus:
+    """How a gRPC call ends when it fails: the code and the details the client sees (the
+    Frontend's generate_stream yields it last; services.grpc_server ends the call with it)."""
+
+    code: grpc.StatusCode
+    details: str
 
 
 def _parse(data: bytes):

@@ -30,8 +30,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from rstitch.v1 import rstitch_pb2 as pb
 from services import grpc_door
-from services.frontend import RpcStatus
-from services.grpc_api import add_RStitchServicer_to_server
+from services.grpc_api import RpcStatus, add_RStitchServicer_to_server
 from services.limits import MAX_REQUEST_BYTES
 
 HANDSHAKE_TIMEOUT_S = 10
